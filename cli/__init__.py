@@ -1,0 +1,1 @@
+"""featx command line (installed as the import package `featx_cli`)."""

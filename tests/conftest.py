@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny images in every layout and a tiny VGG-shaped model with random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from featx.backbone import VGG16
+
+TINY_WIDTHS = (4, 8, 8, 16, 16)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_image(path: Path, seed: int, size: int = 32, cls: int = 0) -> Path:
+    """A tiny RGB JPEG whose colour depends on its class, so heads can learn it."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+    a[..., cls % 3] += 150
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, quality=95)
+    return path
+
+
+def tiny_state_dict(seed: int = 0, fc: bool = False) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: v.contiguous() for k, v in VGG16(TINY_WIDTHS, fc=fc, fc_dim=32).state_dict().items()}
+
+
+@pytest.fixture
+def tiny_weights(tmp_path) -> Path:
+    """A canonical safetensors file for a tiny VGG16 (no fc)."""
+    p = tmp_path / "tiny.safetensors"
+    save_file(tiny_state_dict(), str(p))
+    return p
+
+
+@pytest.fixture
+def folder_dataset(tmp_path) -> Path:
+    """Class-folder layout: root/male/*.jpg, root/female/*.jpg, 20 images each."""
+    root = tmp_path / "folder"
+    for c, name in enumerate(["female", "male"]):
+        for i in range(20):
+            make_image(root / name / f"{name}_{i:02d}.jpg", seed=100 * c + i, cls=c)
+    return root
+
+
+@pytest.fixture
+def csv_dataset(tmp_path) -> Path:
+    """CSV layout: path,label,age with paths relative to the CSV, 40 images."""
+    root = tmp_path / "csvdata"
+    lines = ["path,label,age"]
+    for i in range(40):
+        c = i % 2
+        make_image(root / "img" / f"{i:03d}.jpg", seed=i, cls=c)
+        lines.append(f"img/{i:03d}.jpg,{['female', 'male'][c]},{5 + i}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+@pytest.fixture
+def shared_utkface() -> Path:
+    p = SHARED / "utkface" / "labels.csv"
+    if not p.is_file():
+        pytest.skip("real photos in ../shared/data/utkface are absent")
+    return p
