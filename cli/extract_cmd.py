@@ -1,7 +1,41 @@
-from .main import app, not_built  # noqa: F401
+"""`featx extract`: run a frozen base once over a dataset into a Zarr feature store."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .main import app
 
 
 @app.command("extract")
-def extract() -> None:
-    """Run a frozen base once over a dataset into a Zarr feature store."""
-    not_built("extract", 4)
+def extract(
+    backbone: str = typer.Option(..., "--backbone", help="Release name, e.g. vgg16.hed (see `featx weights list`)."),
+    data: str = typer.Option(..., "--data", help="Class folder, CSV, CelebA/UTKFace root, or a manifest."),
+    store: str = typer.Option(..., "--store", help="Zarr store path or URL, e.g. cache/features/utk-vgg16hed.zarr."),
+    tap: str = typer.Option("pool5-gap", "--tap", help="pool4|pool5 with -gap|-max|-gapmax|-flat, fc6, fc7, "
+                            "bare pool4/pool5 maps; join with '+'."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file: canonical safetensors or any "
+                                          "`featx weights import` format (default: the cache)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 32 CPU, 128 GPU)."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    precision: str = typer.Option("auto", "--precision", help="auto|bf16|fp16|fp32 (auto: bf16 where supported)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader decode workers (default: by device)."),
+    flip_tta: bool = typer.Option(False, "--flip-tta", help="Also store features of the mirrored image."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16|float32."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the base (pays off on long GPU runs)."),
+    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", hidden=True),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run a frozen base once over a dataset into a Zarr feature store (idempotent, resumable)."""
+    from featx.extract import extract as run, summary_line
+
+    s = run(data, backbone, store, tap=tap, weights=weights, batch_size=batch_size, device=device,
+            precision=precision, workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
+            progress=not quiet, rows_per_shard=rows_per_shard)
+    typer.echo(summary_line(s))
+    for item in s.get("skipped_first", [])[:10]:
+        typer.echo(f"  skipped {item['path']}: {item['reason']}")
+    if s.get("skipped", 0) > 10 and s.get("skipped_first"):
+        typer.echo(f"  ... and {s['skipped'] - 10} more")

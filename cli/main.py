@@ -27,7 +27,7 @@ from . import data_cmd, weights_cmd, extract_cmd, heads_cmd, finetune_cmd  # noq
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except FeatxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -42,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    entry()
+if __name__ == "__main__":  # `python -m featx_cli.main`: use the registered app
+    from featx_cli.main import entry as _entry
+
+    _entry()

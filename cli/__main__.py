@@ -1,0 +1,3 @@
+from featx_cli.main import entry
+
+entry()
