@@ -1,0 +1,164 @@
+"""Logistic regression by SGD over store chunks, so a store larger than memory trains in bounded memory.
+
+Pass 1 streams the training chunks for the mean and variance (Chan's parallel update).
+Then each epoch visits the chunks in a random order, a few at a time, shuffles those rows
+together and calls SGDClassifier.partial_fit. The validation log loss after each epoch
+drives early stopping and the choice of alpha.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+
+from ..errors import FeatxError
+from .base import (Head, Standardiser, as_2d, best_point, binary_to_two, class_weights, holdout_split,
+                   ovr_normalise, safe_scale, sigmoid)
+
+# (row indices, flip) -> iterator of (rows, features); rows index the label array
+Reader = Callable[[np.ndarray, bool], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+def array_reader(X: np.ndarray, chunk: int = 1024) -> Reader:
+    """An in-memory array served in chunks, like FeatureStore.iter_chunks."""
+
+    def read(idx: np.ndarray, flip: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in range(0, len(idx), chunk):
+            rows = idx[s:s + chunk]
+            yield rows, X[rows]
+
+    return read
+
+
+class RunningStats:
+    """Streaming per-column mean and variance (float64)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, X: np.ndarray) -> None:
+        nb = len(X)
+        if nb == 0:
+            return
+        mb = X.mean(axis=0)
+        m2b = ((X - mb) ** 2).sum(axis=0)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / n)
+        self.n = n
+
+    def scaler(self) -> Standardiser:
+        return Standardiser(self.mean, safe_scale(self.m2 / self.n))
+
+
+class SGDHead(Head):
+    kind = "sgd"
+    default_grid = {"alpha": [1e-5, 1e-4, 1e-3]}
+    default_params = {"epochs": 10, "patience": 3, "mix_chunks": 8}
+    choice_metric = "val_log_loss"  # score = -val_log_loss
+
+    def _fit(self, X, y, X_val, y_val) -> None:
+        Xall = np.concatenate([X, X_val])
+        yall = np.concatenate([y, y_val])
+        tr, va = np.arange(len(X)), np.arange(len(X), len(Xall))
+        self._fit_stream(array_reader(Xall), yall, tr, va, (False,))
+
+    def fit_stream(self, read: Reader, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None = None,
+                   flips: tuple[bool, ...] = (False,), on: str = "val") -> "SGDHead":
+        """Fit from chunks: `read(idx, flip)` yields (rows, X); labels[rows] are the targets."""
+        labels = np.asarray(labels).astype(np.int64)
+        train_idx = np.asarray(train_idx)
+        if val_idx is None or len(val_idx) == 0:
+            tr, ho = holdout_split(labels[train_idx], 0.2, self.seed)
+            train_idx, val_idx, on = train_idx[tr], train_idx[ho], "holdout 20% of the training rows"
+        if len(train_idx) == 0:
+            raise FeatxError("no training rows")
+        if len(np.unique(labels[train_idx])) < 2:
+            raise FeatxError("the training rows hold only one class")
+        self.n_classes = int(self.n_classes or max(labels[train_idx].max(), labels[val_idx].max()) + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._fit_stream(read, labels, np.sort(train_idx), np.sort(val_idx), tuple(flips))
+        self.selection = {"on": on, "metric": self.choice_metric, **self.selection}
+        return self
+
+    def _fit_stream(self, read: Reader, labels, train_idx, val_idx, flips) -> None:
+        stats, groups = RunningStats(), []
+        for flip in flips:
+            for rows, X in read(train_idx, flip):
+                X = as_2d(X)
+                if not np.isfinite(X).all():
+                    raise FeatxError("features contain NaN or infinity")
+                stats.add(X)
+                if not flip:
+                    groups.append(np.asarray(rows))
+        if stats.n == 0:
+            raise FeatxError("no training rows")
+        self.scaler = stats.scaler()
+        weights = class_weights(labels[train_idx], self.n_classes, self.class_weight)
+        units = [(g, f) for f in flips for g in range(len(groups))]
+        results, fitted = [], []
+        for alpha in self.grid["alpha"]:
+            rng = np.random.default_rng(self.seed)
+            clf = SGDClassifier(loss="log_loss", alpha=alpha, random_state=self.seed)
+            best, best_epoch, bad, snap = float("inf"), 0, 0, None
+            for epoch in range(1, int(self.params["epochs"]) + 1):
+                order = rng.permutation(len(units))
+                mix = max(1, int(self.params["mix_chunks"]))
+                for s in range(0, len(order), mix):
+                    Xb, yb = [], []
+                    for flip in flips:
+                        sel = [groups[units[u][0]] for u in order[s:s + mix] if units[u][1] == flip]
+                        if not sel:
+                            continue
+                        for rows, X in read(np.sort(np.concatenate(sel)), flip):
+                            Xb.append(self.scaler(X))
+                            yb.append(labels[np.asarray(rows)])
+                    Xb, yb = np.concatenate(Xb), np.concatenate(yb)
+                    p = rng.permutation(len(yb))
+                    clf.partial_fit(Xb[p], yb[p], classes=np.arange(self.n_classes), sample_weight=weights[yb[p]])
+                self.coef = np.ascontiguousarray(clf.coef_, np.float64)
+                self.intercept = np.ascontiguousarray(clf.intercept_, np.float64)
+                loss, acc = self._val_loss(read, labels, val_idx)
+                if snap is None or loss < best - 1e-6:
+                    best, best_epoch, bad, snap = loss, epoch, 0, (self.coef.copy(), self.intercept.copy(), acc)
+                else:
+                    bad += 1
+                    if bad >= int(self.params["patience"]):
+                        break
+            results.append({"alpha": alpha, "score": -best, "val_log_loss": best, "epochs": best_epoch,
+                            "val_accuracy": snap[2]})
+            fitted.append(snap)
+        chosen = best_point(results, ("alpha",))
+        self.coef, self.intercept, _ = fitted[self.grid["alpha"].index(chosen["alpha"])]
+        self.record(results, chosen)
+        self.selection["streamed"] = {"chunks": len(groups), "flips": list(flips)}
+
+    def _val_loss(self, read, labels, val_idx) -> tuple[float, float]:
+        total, right, n = 0.0, 0, 0
+        for rows, X in read(val_idx, False):
+            y = labels[np.asarray(rows)]
+            p = self._proba(self.scaler(X))
+            total -= float(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)).sum())
+            right += int((p.argmax(1) == y).sum())
+            n += len(y)
+        return total / max(n, 1), right / max(n, 1)
+
+    def _proba(self, Z: np.ndarray) -> np.ndarray:
+        z = Z @ self.coef.T + self.intercept
+        if z.shape[1] == 1:
+            return binary_to_two(sigmoid(z[:, 0]))
+        return ovr_normalise(sigmoid(z))
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+    def _load(self, arrays) -> None:
+        self.coef, self.intercept = arrays["coef"], arrays["intercept"]

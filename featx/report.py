@@ -1,0 +1,350 @@
+"""Honest metrics for a head on a feature store, written as JSON, Markdown and PNG plots.
+
+metrics.json top-level keys: n, accuracy, balanced_accuracy, precision, recall, f1, specificity,
+roc_auc, confusion (rows = true class, columns = predicted, in `classes` order), groups
+({column: {bucket: metrics}}), plus classes, positive, per_class and context (head, store, split).
+Binary tasks score the positive class: the second of the sorted classes (e.g. "male" of female/male).
+With more than two classes precision, recall, F1, specificity and ROC AUC are macro averages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatxError
+
+AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
+UNKNOWN = "unknown"
+REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
+                 "confusion", "groups")
+
+
+def _div(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def _binary_scores(tp, fp, fn, tn) -> dict:
+    precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "specificity": _div(tn, tn + fp)}
+
+
+def _auc(y_pos: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC, or None when only one class is present."""
+    if y_pos.all() or not y_pos.any():
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y_pos, score))
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndarray] | None = None) -> dict:
+    """Metrics for integer labels `y_true` (indices into classes) and probabilities [n, K].
+
+    groups: {column: bucket label per row}; each bucket gets the same metrics (without per_class).
+    Undefined values (e.g. recall with no positives, AUC with one class) are None.
+    """
+    y = np.asarray(y_true).astype(np.int64)
+    proba = np.asarray(proba, np.float64)
+    K = len(classes)
+    if proba.ndim != 2 or proba.shape[1] != K:
+        raise FeatxError(f"probabilities have shape {proba.shape}, expected [n, {K}]")
+    if len(y) != len(proba):
+        raise FeatxError(f"{len(y)} labels but {len(proba)} predictions")
+    pred = proba.argmax(axis=1)
+    cm = np.zeros((K, K), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    n = int(len(y))
+    support = cm.sum(axis=1)
+    per_class = {}
+    for k, name in enumerate(classes):
+        tp = cm[k, k]
+        fp, fn = cm[:, k].sum() - tp, cm[k, :].sum() - tp
+        s = _binary_scores(tp, fp, fn, n - tp - fp - fn)
+        per_class[name] = {**s, "roc_auc": _auc(y == k, proba[:, k]), "support": int(support[k])}
+    m = {
+        "n": n,
+        "accuracy": _div(np.trace(cm), n),
+        "balanced_accuracy": _mean([per_class[c]["recall"] for c in classes]),
+    }
+    if K == 2:
+        m.update(_binary_scores(cm[1, 1], cm[0, 1], cm[1, 0], cm[0, 0]))
+        m["roc_auc"] = _auc(y == 1, proba[:, 1])
+        m["positive"] = classes[1]
+    else:
+        for key in ("precision", "recall", "f1", "specificity"):
+            m[key] = _mean([per_class[c][key] for c in classes if per_class[c]["support"]])
+        m["roc_auc"] = _mean([per_class[c]["roc_auc"] for c in classes])
+        m["positive"] = None
+        m["averaging"] = "macro over classes present"
+    m["confusion"] = cm.tolist()
+    m["classes"] = list(classes)
+    m["per_class"] = per_class
+    m["groups"] = {}
+    for col, labels in (groups or {}).items():
+        labels = np.asarray(labels, dtype=str)
+        m["groups"][col] = {}
+        for b in ordered_buckets(labels):
+            sel = labels == b
+            g = compute_metrics(y[sel], proba[sel], classes)
+            for key in ("groups", "per_class", "classes", "positive", "averaging"):
+                g.pop(key, None)
+            g["class_counts"] = {c: int(v) for c, v in zip(classes, np.bincount(y[sel], minlength=K))}
+            m["groups"][col][b] = g
+    return m
+
+
+# ---------- group buckets ----------
+
+def _number(v: str) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def is_numeric(values) -> bool:
+    """True when every non-empty value parses as a number (and there is at least one)."""
+    vals = [str(v).strip() for v in values]
+    vals = [v for v in vals if v and v.lower() not in ("nan", "none", "na")]
+    return bool(vals) and all(_number(v) is not None for v in vals)
+
+
+def age_bucket(v) -> str:
+    x = _number(str(v).strip())
+    if x is None or x < 0:
+        return UNKNOWN
+    for lo, hi, name in AGE_BUCKETS:
+        if x < hi + 1:  # whole years: 12.5 is still 0-12
+            return name
+    return AGE_BUCKETS[-1][2]
+
+
+def bucket_column(values) -> np.ndarray:
+    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value."""
+    values = np.asarray(values, dtype=str)
+    if is_numeric(values):
+        return np.asarray([age_bucket(v) for v in values], dtype=str)
+    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+
+
+def ordered_buckets(labels: np.ndarray) -> list[str]:
+    present = set(labels.tolist())
+    age = [name for _, _, name in AGE_BUCKETS if name in present]
+    rest = sorted(present - set(age) - {UNKNOWN})
+    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
+
+
+# ---------- evaluation of a saved head on a store ----------
+
+def parse_by(by) -> list[str]:
+    if by is None:
+        return []
+    if isinstance(by, str):
+        by = by.split(",")
+    return [b.strip() for b in by if b and b.strip()]
+
+
+def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None) -> dict:
+    """Score the head in `head_dir` on `split` of `store` ("all" = every usable row) and write the report.
+
+    The store may come from another collection (another manifest) of the same release and tap.
+    Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
+    """
+    from .heads import check_compatible, load_head, open_store, predict_rows, store_label
+
+    head, card = load_head(head_dir)
+    given = store if isinstance(store, (str, Path)) else None
+    store = open_store(store)
+    check_compatible(card, dict(store.attrs))
+    if split not in ("train", "val", "test", "all"):
+        raise FeatxError(f"unknown split {split!r}; use test, val, train or all")
+    columns = parse_by(by)
+    extras = dict(store.extras)
+    for c in columns:
+        if c not in extras:
+            have = ", ".join(sorted(extras)) or "none"
+            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+    idx = store.indices(split)
+    if len(idx) == 0:
+        raise FeatxError(f"the store has no usable {split} rows")
+
+    head_classes = list(card["classes"])
+    store_classes = list(store.classes)
+    missing = sorted(set(store_classes) - set(head_classes))
+    if missing:
+        raise FeatxError(f"the store has classes the head never learned: {', '.join(missing)} "
+                         f"(head classes: {', '.join(head_classes)})")
+    to_head = np.asarray([head_classes.index(c) for c in store_classes], np.int64)
+
+    rows, proba = predict_rows(head, store, idx)
+    y = to_head[np.asarray(store.labels)[rows]]
+    groups = {c: bucket_column(extras[c][rows]) for c in columns}
+    metrics = compute_metrics(y, proba, head_classes, groups)
+    metrics["context"] = {
+        "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
+        "split": split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
+        "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
+    }
+    if report_dir is None:
+        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+    write_report(report_dir, metrics, y_true=y, proba=proba)
+    metrics["context"]["report"] = str(report_dir)
+    return metrics
+
+
+# ---------- writing ----------
+
+def _fmt(x, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, int):
+        return str(x)
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
+
+
+def summary_table(metrics: dict, max_rows: int = 40) -> str:
+    """A compact plain-text table: overall metrics, then one row per group bucket."""
+    cols = ["n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
+    rows = [["all"] + [_fmt(metrics["n"])] + [_fmt(metrics[k]) for k in SUMMARY_KEYS]]
+    for col, buckets in metrics.get("groups", {}).items():
+        for b, g in buckets.items():
+            rows.append([f"{col}={b}"] + [_fmt(g["n"])] + [_fmt(g[k]) for k in SUMMARY_KEYS])
+    rows = rows[:max_rows]
+    header = ["group"] + cols
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    if metrics.get("positive"):
+        out.append(f"positive class: {metrics['positive']}")
+    return "\n".join(out)
+
+
+def markdown(metrics: dict, plots: list[str]) -> str:
+    ctx = metrics.get("context", {})
+    classes = metrics["classes"]
+    lines = ["# Head evaluation", ""]
+    if ctx:
+        lines += [f"- head: `{ctx.get('head')}` ({ctx.get('head_type')})", f"- store: `{ctx.get('store')}`, "
+                  f"split `{ctx.get('split')}`", f"- release `{ctx.get('release')}`, tap `{ctx.get('tap')}`"]
+    lines += [f"- images: {metrics['n']}"]
+    if metrics.get("positive"):
+        lines += [f"- positive class (precision, recall, F1, specificity, ROC AUC): **{metrics['positive']}**"]
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(metrics[k])} |" for k in SUMMARY_KEYS]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for name, row in zip(classes, metrics["confusion"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Per class", "", "| class | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+    for name, pc in metrics["per_class"].items():
+        cells = [str(pc["support"])] + [_fmt(pc[k]) for k in ("precision", "recall", "f1")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for col, buckets in metrics.get("groups", {}).items():
+        lines += ["", f"## By {col}", "", "| " + col + " | n | accuracy | balanced acc. | F1 | ROC AUC | "
+                  + " | ".join(classes) + " |", "|---" * (6 + len(classes)) + "|"]
+        for b, g in buckets.items():
+            counts = " | ".join(str(g["class_counts"][c]) for c in classes)
+            lines.append(f"| {b} | {g['n']} | {_fmt(g['accuracy'])} | {_fmt(g['balanced_accuracy'])} | "
+                         f"{_fmt(g['f1'])} | {_fmt(g['roc_auc'])} | {counts} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report_dir: str | Path, metrics: dict, y_true=None, proba=None) -> dict[str, Path]:
+    """metrics.json, report.md and PNGs (confusion.png; roc.png when labels and scores are given; groups PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .heads import to_json
+
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    classes = metrics["classes"]
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.2 + 1.0 * len(classes)))
+    cm = np.asarray(metrics["confusion"])
+    ax.imshow(cm, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion (n={metrics['n']}, acc={_fmt(metrics['accuracy'])})")
+    fig.tight_layout()
+    files["confusion"] = out / "confusion.png"
+    fig.savefig(files["confusion"], dpi=100)
+    plt.close(fig)
+
+    if y_true is not None and proba is not None:
+        from sklearn.metrics import roc_curve
+
+        y_true, proba = np.asarray(y_true), np.asarray(proba)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        curves = [1] if len(classes) == 2 else range(len(classes))
+        for k in curves:
+            pos = y_true == k
+            if pos.any() and not pos.all():
+                fpr, tpr, _ = roc_curve(pos, proba[:, k])
+                auc = metrics["roc_auc"] if len(classes) == 2 else metrics["per_class"][classes[k]]["roc_auc"]
+                label = f"{classes[k]}" + (f" (AUC {auc:.3f})" if auc is not None else "")
+                ax.plot(fpr, tpr, label=label)
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title("ROC")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right")
+        fig.tight_layout()
+        files["roc"] = out / "roc.png"
+        fig.savefig(files["roc"], dpi=100)
+        plt.close(fig)
+
+    for col, buckets in metrics.get("groups", {}).items():
+        names = list(buckets)
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
+        x = np.arange(len(names))
+        for off, key in ((-0.2, "accuracy"), (0.2, "balanced_accuracy")):
+            vals = [buckets[b][key] if buckets[b][key] is not None else 0.0 for b in names]
+            ax.bar(x + off, vals, width=0.4, label=key.replace("_", " "))
+        ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"By {col}")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in col)
+        files[f"groups_{col}"] = out / f"groups-{safe}.png"
+        fig.savefig(files[f"groups_{col}"], dpi=100)
+        plt.close(fig)
+
+    files["metrics"] = out / "metrics.json"
+    files["metrics"].write_text(json.dumps(to_json(metrics), indent=2) + "\n")
+    files["markdown"] = out / "report.md"
+    plots = [p.name for k, p in files.items() if p.suffix == ".png"]
+    files["markdown"].write_text(markdown(metrics, plots))
+    return files

@@ -1,0 +1,189 @@
+"""`featx train-head`, `evaluate`, `predict` through featx_cli.main.main, and one run on a real store."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featx.backbone import from_state_dict, tap_features
+from featx.releases import get_release
+from featx.weights import sha256_file
+from featx_cli.main import main
+
+from conftest import make_image, tiny_state_dict
+from test_heads import FakeStore, fake_store
+
+RELEASE = "vgg16.hed"
+
+
+@pytest.fixture
+def stores(monkeypatch):
+    """Paths -> FakeStore objects, served to the CLI in place of FeatureStore.open."""
+    table: dict[str, FakeStore] = {}
+    monkeypatch.setattr("featx.heads.open_store", lambda s: table[str(s)] if isinstance(s, str) else s)
+    return table
+
+
+def image_store(tmp_path, weights) -> FakeStore:
+    """A fake store holding real tiny-backbone features of 40 coloured images (class = colour)."""
+    release = get_release(RELEASE)
+    model = from_state_dict(tiny_state_dict())
+    paths = [make_image(tmp_path / "train" / f"{i:02d}.jpg", seed=i, cls=i % 2) for i in range(40)]
+    x = torch.stack([release.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    with torch.inference_mode():
+        feats = tap_features(model, x, "pool5-gap").numpy().astype(np.float16).astype(np.float32)
+    y = np.arange(40) % 2
+    split = np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6)
+    return FakeStore(feats, y, ["female", "male"], split=split, preprocess=release.preprocess.to_dict(),
+                     weights_sha256=sha256_file(weights), release=RELEASE, tap="pool5-gap", chunk=8)
+
+
+def test_train_head_and_evaluate(tmp_path, stores, capsys):
+    stores["s.zarr"] = fake_store(extras={"age": [str(5 + i % 70) for i in range(200)]})
+    code = main(["train-head", "--store", "s.zarr", "--head", "logreg", "--out", str(tmp_path / "h"),
+                 "--class-weight", "balanced", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "trained logreg on 120 rows" in out and "chose C=" in out and "balanced_accuracy" in out
+    card = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert card["training"]["class_weight"] == "balanced" and card["training"]["seed"] == 3
+
+    code = main(["evaluate", "--head", str(tmp_path / "h"), "--store", "s.zarr", "--by", "age"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[1].split() == ["group", "n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
+    assert lines[3].split()[:2] == ["all", "40"]
+    assert any(line.startswith("age=0-12") for line in lines) and "positive class: male" in out
+    metrics = json.loads((tmp_path / "h" / "report-s-test" / "metrics.json").read_text())
+    assert metrics["n"] == 40 and "0-12" in metrics["groups"]["age"]
+
+    code = main(["evaluate", "--head", str(tmp_path / "h"), "--store", "s.zarr", "--split", "val",
+                 "--report", str(tmp_path / "rep")])
+    assert code == 0 and json.loads((tmp_path / "rep" / "metrics.json").read_text())["n"] == 40
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, stores, capsys):
+    stores["s.zarr"] = fake_store()
+    stores["fc7.zarr"] = fake_store(tap="fc7")
+    assert main(["train-head", "--store", "s.zarr", "--head", "tree", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown head 'tree'") and err.count("\n") == 1
+    assert main(["train-head", "--store", "s.zarr", "--head", "sgd", "--out", str(tmp_path / "h")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--head", str(tmp_path / "h"), "--store", "fc7.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "error: head was trained on tap 'pool5-gap'" in err and "Traceback" not in err
+    assert main(["evaluate", "--head", str(tmp_path / "nope"), "--store", "s.zarr"]) == 2
+    assert "no saved head" in capsys.readouterr().err
+
+
+def test_predict_with_a_corrupt_image_among_good_ones(tmp_path, stores, capsys, tiny_weights):
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    new = tmp_path / "new"
+    female = make_image(new / "a_female.jpg", seed=500, cls=0)
+    male = make_image(new / "b_male.jpg", seed=501, cls=1)
+    bad = new / "c_broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    capsys.readouterr()
+
+    code = main(["predict", "--head", str(tmp_path / "h"), str(female), str(bad), str(male),
+                 "--weights", str(tiny_weights), "--batch-size", "1"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    rows = [line.split() for line in cap.out.splitlines()]
+    assert [(r[0], r[1]) for r in rows] == [(str(female), "female"), (str(male), "male")]
+    assert all(0.5 < float(r[2]) <= 1.0 for r in rows)
+    assert cap.err.startswith(f"error: {bad}: ") and cap.err.count("\n") == 1
+
+    code = main(["predict", "--head", str(tmp_path / "h"), str(new), "--weights", str(tiny_weights), "--json"])
+    cap = capsys.readouterr()
+    assert code == 0
+    out = json.loads(cap.out)
+    assert [o.get("label") for o in out] == ["female", "male", None]  # folder: sorted file names
+    assert "error" in out[2] and abs(sum(out[0]["probabilities"].values()) - 1) < 1e-9
+
+    assert main(["predict", "--head", str(tmp_path / "h"), str(bad), "--weights", str(tiny_weights)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}:" in err and "error: no image could be predicted" in err
+
+
+def test_predict_refuses_other_weights(tmp_path, stores, capsys, tiny_weights):
+    from safetensors.torch import save_file
+
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    other = tmp_path / "other.safetensors"
+    save_file(tiny_state_dict(seed=1), str(other))
+    img = make_image(tmp_path / "x.jpg", seed=1)
+    capsys.readouterr()
+    assert main(["predict", "--head", str(tmp_path / "h"), str(img), "--weights", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and "pass the weights file the store was extracted with" in err
+
+
+def test_detect_faces(tmp_path, stores, capsys, tiny_weights, monkeypatch):
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    img = make_image(tmp_path / "noise.jpg", seed=1, size=96)
+    args = ["predict", "--head", str(tmp_path / "h"), str(img), "--weights", str(tiny_weights), "--detect-faces"]
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
+    assert main(args) == 2
+    assert capsys.readouterr().err == "error: --detect-faces needs OpenCV: pip install 'featx[faces]'\n"
+    monkeypatch.undo()
+    pytest.importorskip("cv2")
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(args) == 2
+    assert f"error: {img}: no face found" in capsys.readouterr().err
+
+
+def test_face_crops_on_real_photos(shared_utkface):
+    pytest.importorskip("cv2")
+    from featx.heads.predict import FaceCropper
+    from featx.images import open_rgb
+
+    lines = shared_utkface.read_text().splitlines()[1:]
+    photos = [shared_utkface.parent / line.split(",")[0] for line in lines[::700][:8]]
+    cropper = FaceCropper()
+    boxes = [cropper.box(open_rgb(p)) for p in photos]
+    assert sum(b is not None for b in boxes) >= 6  # aligned 200x200 crops: the face fills the frame
+    for b in boxes:
+        if b is not None:
+            x, y, w, h = b
+            assert x >= 0 and y >= 0 and x + w <= 200 and y + h <= 200 and w >= 50 and h >= 50
+
+
+def test_real_store_extract_train_evaluate_predict(tmp_path, csv_dataset, tiny_weights, capsys):
+    """The real FeatureStore end to end: extract tiny images, train, evaluate by age, predict."""
+    from featx.extract import extract
+
+    store = tmp_path / "faces.zarr"
+    extract(csv_dataset, RELEASE, store, weights=tiny_weights, workers=0, progress=False, batch_size=8)
+    for kind in ("logreg", "sgd"):
+        code = main(["train-head", "--store", str(store), "--head", kind, "--out", str(tmp_path / kind)])
+        assert code == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "sgd" / "head.json").read_text())
+    assert card["provenance"]["weights_sha256"] == sha256_file(tiny_weights)
+    assert card["provenance"]["release"] == RELEASE and card["provenance"]["tap"] == "pool5-gap"
+
+    code = main(["evaluate", "--head", str(tmp_path / "logreg"), "--store", str(store), "--split", "all",
+                 "--by", "age"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    metrics = json.loads((tmp_path / "logreg" / "report-faces-all" / "metrics.json").read_text())
+    assert metrics["n"] == 40 and metrics["accuracy"] > 0.9
+    assert set(metrics["groups"]["age"]) == {"0-12", "13-19", "20-39", "40-59"}
+
+    images = csv_dataset.parent / "img"
+    code = main(["predict", "--head", str(tmp_path / "logreg"), str(images / "000.jpg"), str(images / "001.jpg"),
+                 "--weights", str(tiny_weights)])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert [line.split()[1] for line in cap.out.splitlines()] == ["female", "male"]
