@@ -221,7 +221,7 @@ def test_train_writes_a_card_with_provenance_selection_and_val_metrics(tmp_path)
     for key in ("release", "tap", "preprocess", "manifest_hash", "weights_sha256"):
         assert prov[key] == store.attrs[key], key
     assert card["head"] == "logreg" and card["classes"] == ["female", "male"] and card["positive"] == "male"
-    assert card["selection"]["grid"]["C"] == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert card["selection"]["grid"]["C"] == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
     assert card["selection"]["chosen"]["C"] == card["params"]["C"]
     assert card["selection"]["on"] == "val split"
     assert card["training"]["n_train"] == len(store.indices("train"))
