@@ -26,14 +26,19 @@ def extract(
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16|float32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the base (pays off on long GPU runs)."),
     rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", hidden=True),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Run on a local dask cluster: local:N worker "
+                                          "processes (on a GPU machine one per GPU; `local` = all GPUs)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join a running dask cluster, e.g. "
+                                            "tcp://HOST:8786 (the store and images must be on shared storage)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a frozen base once over a dataset into a Zarr feature store (idempotent, resumable)."""
-    from featx.extract import extract as run, summary_line
+    from featx.cluster import extract_on_cluster as run  # no --cluster/--scheduler: featx.extract.extract
+    from featx.extract import summary_line
 
-    s = run(data, backbone, store, tap=tap, weights=weights, batch_size=batch_size, device=device,
-            precision=precision, workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
-            progress=not quiet, rows_per_shard=rows_per_shard)
+    s = run(data, backbone, store, cluster=cluster, scheduler=scheduler, tap=tap, weights=weights,
+            batch_size=batch_size, device=device, precision=precision, workers=workers, flip_tta=flip_tta,
+            dtype=dtype, compile=compile, progress=not quiet, rows_per_shard=rows_per_shard)
     typer.echo(summary_line(s))
     for item in s.get("skipped_first", [])[:10]:
         typer.echo(f"  skipped {item['path']}: {item['reason']}")

@@ -365,7 +365,7 @@ def finish(store, run: dict | None = None) -> dict:
 
 # --- the command ----------------------------------------------------------------------------
 
-def _weights_identity(backbone: str, weights) -> tuple | None:
+def weights_identity(backbone: str, weights) -> tuple | None:
     """(release, weights path, sha256) without loading the model: the cache record's sha256 when
     the cached file is meant (load_backbone verifies it when the model is loaded), else the file's."""
     if backbone not in RELEASES:
@@ -393,12 +393,21 @@ def default_workers(device: torch.device) -> int:
 def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None, batch_size: int | None = None,
             device: str = "auto", precision: str = "auto", workers: int | None = None, flip_tta: bool = False,
             dtype: str = "float16", compile: bool = False, progress: bool = True,
-            rows_per_shard: int | None = None, rows_per_chunk: int | None = None) -> dict:
+            rows_per_shard: int | None = None, rows_per_chunk: int | None = None,
+            cluster: str | None = None, scheduler: str | None = None) -> dict:
     """Extract features of every image in `data` into `store`; idempotent, resumable, refuses mixing.
 
     data: anything featx.data.load accepts, or a Manifest. batch_size: 32 on CPU, 128 on GPU when None.
+    cluster ("local:N") or scheduler ("tcp://HOST:PORT"): run on dask instead (featx.cluster).
     Returns a summary dict (see `summary_line`).
     """
+    if cluster or scheduler:
+        from .cluster import extract_on_cluster
+
+        return extract_on_cluster(data, backbone, store, cluster=cluster, scheduler=scheduler, tap=tap,
+                                  weights=weights, batch_size=batch_size, device=device, precision=precision,
+                                  workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
+                                  progress=progress, rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
     t0 = time.perf_counter()
     if dtype not in DTYPES:
         raise FeatxError(f"unknown dtype {dtype!r}; use float16 or float32")
@@ -408,7 +417,7 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
 
     manifest = data if isinstance(data, Manifest) else load(data)
     tap = "+".join(parse_tap(tap))
-    cheap = _weights_identity(backbone, weights)
+    cheap = weights_identity(backbone, weights)
     if cheap:
         release, wpath, weights_sha = cheap
         loaded = None

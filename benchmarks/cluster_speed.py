@@ -1,0 +1,121 @@
+"""Throughput of featx extract in one process vs on a local dask cluster of 1 and 2 workers.
+
+    python benchmarks/cluster_speed.py --data ../shared/data/utkface/labels.csv --n 256
+    python benchmarks/cluster_speed.py --data ../shared/data/utkface/labels.csv --n 16 \
+        --weights tiny.safetensors --clusters local:1     # a smoke run
+
+On the first N images of --data, each mode writes a fresh temp store:
+  single      featx.extract.extract in this process (its default decode workers)
+  local:K     featx.cluster.extract_on_cluster(cluster="local:K"): K single-threaded worker processes,
+              each with torch threads = cores / K, one task per shard
+Reports images/s over the compute phase (shards submitted -> last shard written) and over the whole call
+(cluster start, model loads and teardown included), and checks each cluster store against the single one.
+On a CPU-only machine K workers share the same cores, so expect roughly equal compute throughput: the
+point of a cluster is more machines or more GPUs, not more speed from one CPU. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def subset(data: str, n: int):
+    """The first n rows of the manifest `data` loads to."""
+    from featx.data import Manifest, load
+
+    m = load(data)
+    n = min(n, len(m))
+    return Manifest(root=m.root, paths=m.paths[:n], labels=m.labels[:n], splits=m.splits[:n],
+                    groups=m.groups[:n] if m.groups is not None else None,
+                    extras={k: v[:n] for k, v in m.extras.items()}, source=m.source)
+
+
+def weights_for(backbone: str, weights: str | None, tmp: Path) -> tuple[str | None, str]:
+    """(weights file or None for the cache, note). Falls back to a random-init full-size VGG16 (same speed)."""
+    from featx.releases import get_release
+    from featx.weights import weights_dir
+
+    if weights:
+        return weights, ""
+    path = weights_dir() / get_release(backbone).filename
+    if path.is_file():
+        return None, ""
+    import torch
+    from safetensors.torch import save_file
+
+    from featx.backbone import VGG16
+
+    torch.manual_seed(0)
+    out = tmp / "random-vgg16.safetensors"
+    save_file({k: v.contiguous() for k, v in VGG16().state_dict().items()}, str(out))
+    return str(out), f"note: {path} absent; using a random-init full-size VGG16 (same speed, meaningless features)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--backbone", default="vgg16.hed")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--tap", default="pool5-gap")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--rows-per-shard", type=int, default=32, help="shard = one dask task (default 32)")
+    ap.add_argument("--clusters", default="local:1,local:2")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    from featx.cluster import extract_on_cluster
+    from featx.extract import extract
+    from featx.store import FeatureStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="featx-cluster-speed-"))
+    rows = []
+    try:
+        weights, note = weights_for(args.backbone, args.weights, tmp)
+        if note:
+            print(note)
+        m = subset(args.data, args.n)
+        kw = dict(tap=args.tap, weights=weights, precision=args.precision, batch_size=args.batch_size,
+                  rows_per_shard=args.rows_per_shard, progress=False)
+        modes = ["single"] + [c for c in args.clusters.split(",") if c]
+        ref = None
+        for mode in modes:
+            store = tmp / f"{mode.replace(':', '-')}.zarr"
+            t = time.perf_counter()
+            if mode == "single":
+                s = extract(m, args.backbone, store, **kw)
+            else:
+                s = extract_on_cluster(m, args.backbone, store, cluster=mode, **kw)
+            wall = time.perf_counter() - t
+            fs = FeatureStore.open(store)
+            same = None
+            if ref is None:
+                ref = fs.features()
+            else:
+                same = float(np.abs(fs.features() - ref).max())
+            row = {"mode": mode, "n": s["n"], "images_per_s": s["images_per_s"],
+                   "images_per_s_whole_call": round(s["n"] / wall, 2), "wall_s": round(wall, 2),
+                   "compute_wall_s": round(s["compute_wall_s"], 2), "device": s["device"],
+                   "precision": s["precision"], "max_abs_diff_vs_single": same}
+            rows.append(row)
+            diff = "" if same is None else f"  max|diff| vs single {same:.2e}"
+            print(f"{mode:>8}: {s['images_per_s']:8.1f} img/s compute, {row['images_per_s_whole_call']:8.1f} img/s "
+                  f"whole call ({wall:.1f} s) on {s['device']} at {s['precision']}{diff}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

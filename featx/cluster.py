@@ -1,0 +1,505 @@
+"""Extraction on dask.distributed, and features as dask arrays.
+
+    extract_on_cluster(data, "vgg16.hed", "s3://bucket/utk.zarr", cluster="local:4")
+    extract_on_cluster(data, "vgg16.hed", "/shared/utk.zarr", scheduler="tcp://head:8786")
+
+The driver (this process) creates the store with its full provenance, exactly as single-process
+`featx.extract.extract` does, then submits one task per unfinished shard (`featx.store.plan_units`):
+each shard has exactly one writer, and a shard whose `done` marker is set is never computed again.
+Workers keep their loaded model in a per-process cache, so the model loads once per worker.
+A worker that dies mid-shard has that shard rerun elsewhere (dask reschedules it); a failed run
+keeps every finished shard, and rerunning the same command does only what is left.
+
+Multi-GPU: `cluster="local"` starts one worker per visible GPU (CUDA_VISIBLE_DEVICES pinned, resource
+GPU=1). On an existing cluster, tasks ask for resources={"GPU": 1} whenever workers declare it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FeatxError
+
+__all__ = ["extract_on_cluster", "parse_cluster", "feature_array", "LocalSpec", "start_local",
+           "run_shard", "worker_stats"]
+
+CONNECT_TIMEOUT_S = 30  # --scheduler: how long to wait for the scheduler and its first worker
+
+
+# --- the cluster spec --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """`local` or `local:N`: a cluster of worker processes on this machine.
+
+    N None: one worker per GPU, or on a CPU-only machine one per 4 cores (each uses its share of cores).
+    """
+
+    n_workers: int | None = None
+
+
+def parse_cluster(spec: str | None) -> LocalSpec | None:
+    """'local:N' -> LocalSpec(N); 'local' -> LocalSpec(None); None/'' -> None (no cluster)."""
+    if spec is None or str(spec).strip() == "":
+        return None
+    s = str(spec).strip()
+    kind, _, count = s.partition(":")
+    if kind != "local" or (_ and not count):
+        raise FeatxError(f"unknown --cluster {spec!r}; use local:N (N worker processes here) "
+                         "or --scheduler tcp://HOST:PORT to join a running cluster")
+    if not count:
+        return LocalSpec(None)
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise FeatxError(f"--cluster {spec!r}: N must be a whole number of workers, at least 1")
+    return LocalSpec(n)
+
+
+def local_gpus(device: str = "auto") -> list[str]:
+    """CUDA device ids a local cluster should pin one worker each to ([] on CPU or with --device cpu)."""
+    if device == "cpu":
+        return []
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[:n] if len(ids) >= n else [str(i) for i in range(n)]
+
+
+def start_local(spec: LocalSpec, *, device: str = "auto", processes: bool = True):
+    """Start a local dask cluster of single-threaded worker processes (one per GPU on a GPU machine).
+
+    Returns (cluster, info) where info has n_workers and the pinned gpus.
+    """
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    gpus = local_gpus(device)
+    cores = os.cpu_count() or 1
+    if gpus:
+        n = spec.n_workers or len(gpus)
+        if n > len(gpus):
+            raise FeatxError(f"--cluster local:{n} asks for {n} GPU workers but this machine has {len(gpus)} "
+                             f"GPU(s); use local:{len(gpus)} (one worker per GPU) or --device cpu")
+        memory = int(MEMORY_LIMIT * 0.9 // n)
+        workers = {f"gpu{gpus[i]}": {"cls": Nanny, "options": {
+            "nthreads": 1, "memory_limit": memory, "resources": {"GPU": 1}, "name": f"gpu{gpus[i]}",
+            "env": {"CUDA_VISIBLE_DEVICES": gpus[i]}, "silence_logs": logging.ERROR}} for i in range(n)}
+        cluster = SpecCluster(workers=workers, name="featx",
+                              scheduler={"cls": Scheduler, "options": {"dashboard": False, "dashboard_address": ":0"}},
+                              silence_logs=logging.ERROR)
+        return cluster, {"n_workers": n, "gpus": gpus[:n]}
+    n = spec.n_workers or max(1, cores // 4)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
+                           scheduler_kwargs={"dashboard": False}, memory_limit=int(MEMORY_LIMIT * 0.9 // n),
+                           silence_logs=logging.ERROR)
+    return cluster, {"n_workers": n, "gpus": []}
+
+
+def gpu_resources(workers: dict, device: str = "auto") -> dict | None:
+    """resources={"GPU": 1} when any worker declares a GPU resource (and the device is not cpu)."""
+    if device == "cpu":
+        return None
+    has = any((w.get("resources") or {}).get("GPU") for w in workers.values())
+    return {"GPU": 1} if has else None
+
+
+@contextlib.contextmanager
+def connect(cluster: str | LocalSpec | None, scheduler: str | None, *, device: str = "auto", client=None):
+    """Yields (client, info): joins `scheduler`, starts `cluster`, or uses a given distributed.Client."""
+    import dask
+    from distributed import Client
+
+    if client is not None:
+        yield client, {"scheduler": client.scheduler.address, "local": False,
+                       "in_process": getattr(getattr(client, "cluster", None), "processes", True) is False}
+        return
+    if scheduler:
+        try:
+            with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
+                c = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as e:
+            why = " ".join(str(e).split())[:200]
+            raise FeatxError(f"cannot reach the dask scheduler at {scheduler}: {why}") from None
+        with c:
+            try:
+                c.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError):
+                raise FeatxError(f"no dask worker joined the scheduler at {scheduler} within "
+                                 f"{CONNECT_TIMEOUT_S} s; start some with `dask worker {scheduler}`") from None
+            yield c, {"scheduler": scheduler, "local": False, "in_process": False}
+        return
+    spec = cluster if isinstance(cluster, LocalSpec) else parse_cluster(cluster)
+    # GPU workers decode with DataLoader processes, which a daemonic worker may not start
+    with dask.config.set({"distributed.worker.daemon": False}) if local_gpus(device) else contextlib.nullcontext():
+        lc, info = start_local(spec, device=device)
+        with lc, Client(lc, set_as_default=False) as c:
+            yield c, {"scheduler": lc.scheduler_address, "local": True, "in_process": False, **info}
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+_LOCK = threading.Lock()
+_EXTRACTORS: dict[tuple, Any] = {}
+_STATS: Counter = Counter()  # loads, units, rows in this process
+
+
+SAME = ("backbone", "weights", "tap", "device", "dtype", "flip", "compile")
+
+
+def _fits(key: dict, spec: dict) -> bool:
+    """A cached extractor serves `spec` when all settings agree; "auto" precision and an unknown sha accept any."""
+    return (all(key[k] == spec[k] for k in SAME) and spec["precision"] in ("auto", key["precision"])
+            and spec["weights_sha256"] in (None, key["weights_sha256"]))
+
+
+def get_extractor(spec: dict):
+    """The loaded base for `spec`, built once per worker process and reused by its later tasks.
+
+    Cached per process by (backbone, weights, sha256, tap, device, precision, dtype, flip, compile).
+    """
+    from .extract import Extractor
+
+    with _LOCK:
+        for key, ex in _EXTRACTORS.values():
+            if _fits(key, spec):
+                return ex
+        ex = Extractor(spec["backbone"], spec["weights"], tap=spec["tap"], device=spec["device"],
+                       precision=spec["precision"], dtype=spec["dtype"], flip=spec["flip"], compile=spec["compile"])
+        if spec["weights_sha256"] and ex.weights_sha256 != spec["weights_sha256"]:
+            raise FeatxError(f"the weights this worker loaded (sha256 {ex.weights_sha256:.12}) are not the "
+                             f"driver's ({spec['weights_sha256']:.12}); give every worker the same --weights file")
+        key = {**{k: spec[k] for k in SAME}, "precision": ex.precision, "weights_sha256": ex.weights_sha256}
+        _EXTRACTORS.clear()  # one model per worker at a time
+        _EXTRACTORS[tuple(key.values())] = (key, ex)
+        _STATS["loads"] += 1
+        return ex
+
+
+def worker_stats(dask_worker=None) -> dict:
+    """This process's counts (model loads, shards and rows computed) and pinning: client.run(worker_stats)."""
+    resources = dict(getattr(getattr(dask_worker, "state", None), "total_resources", None) or {})
+    return {"loads": _STATS["loads"], "units": _STATS["units"], "rows": _STATS["rows"], "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "resources": resources,
+            "decode_processes": _STATS["decode_processes"]}
+
+
+def probe(spec: dict) -> dict:
+    """Load the base on a worker (it stays cached there) and say what it computes."""
+    from .extract import describe_device, versions
+
+    ex = get_extractor(spec)
+    return {"release": ex.release.name, "release_info": ex.release.to_dict(), "weights_sha256": ex.weights_sha256,
+            "preprocess": ex.preprocess.to_dict(), "dim": list(ex.dim), "precision": ex.precision,
+            "device_type": ex.device.type, "device": describe_device(ex.device), "versions": versions()}
+
+
+def cpu_threads(host_threads: dict) -> int:
+    """Torch threads for this worker: its host's cores shared among the dask threads on that host.
+    (Dask workers start with OMP_NUM_THREADS=1, which would leave a CPU worker on one core.)"""
+    from distributed import get_worker
+    from distributed.comm import get_address_host
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        host = get_address_host(get_worker().address)
+    except ValueError:  # not inside a dask task
+        return cores
+    return max(1, cores // max(1, int(host_threads.get(host, 1))))
+
+
+def _fast_decode_processes() -> None:
+    """Dask workers inherit the `spawn` start method, so every shard's DataLoader processes would import
+    torch afresh (seconds each). Fork them from a forkserver that has featx and torch loaded instead."""
+    if multiprocessing.get_start_method(allow_none=True) == "spawn":
+        multiprocessing.set_forkserver_preload(["featx.extract"])
+        multiprocessing.set_start_method("forkserver", force=True)
+
+
+def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
+    """One dask task: compute shard [start, stop) and write it, then its marker. Skips a finished shard."""
+    import torch
+
+    from .extract import run_unit
+    from .store import StoreWriter
+
+    writer = StoreWriter.open(store)
+    k = writer.shard_index(start, stop)
+    if bool(writer.group["done"][k]):
+        return {"shard": k, "rows": 0, "skipped": 0, "wall_s": 0.0, "already_done": True}
+    ex = get_extractor(spec)
+    if ex.device.type == "cpu" and spec.get("set_threads"):
+        torch.set_num_threads(cpu_threads(spec.get("host_threads") or {}))
+    workers = int(spec.get("workers") or 0)
+    if workers and multiprocessing.current_process().daemon:
+        workers = 0  # a daemonic dask worker may not start DataLoader processes
+    if workers and spec.get("set_threads"):
+        _fast_decode_processes()
+    stats = run_unit(writer, start, stop, extractor=ex, batch_size=spec["batch_size"], workers=workers)
+    _STATS["units"] += 1
+    _STATS["rows"] += stats["rows"]
+    _STATS["decode_processes"] = max(_STATS["decode_processes"], workers)
+    return {"shard": k, "rows": stats["rows"], "skipped": stats["skipped"], "wall_s": stats["wall_s"],
+            "already_done": False, "pid": os.getpid()}
+
+
+# --- the driver side ---------------------------------------------------------------------------
+
+def _worker_store(store) -> str:
+    """The store as a string every worker can open: local paths made absolute, URLs kept."""
+    if isinstance(store, os.PathLike) or (isinstance(store, str) and "://" not in store):
+        return str(Path(store).expanduser().resolve())
+    if isinstance(store, str):
+        return store
+    raise FeatxError("a cluster run needs the store as a path or URL that every worker can reach")
+
+
+def _complete_summary(writer, t0: float) -> dict:
+    ok = np.asarray(writer.group["ok"][:], dtype=bool)
+    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": int((~ok).sum()),
+            "already_complete": True, "wall_s": time.perf_counter() - t0}
+
+
+def _task_error(k: int, fut) -> FeatxError:
+    from distributed import KilledWorker
+
+    try:
+        e = fut.exception()
+    except BaseException as x:  # cancelled: the scheduler or the connection went away
+        e = x
+    if isinstance(e, FeatxError):
+        return FeatxError(f"shard {k}: {e}")
+    if isinstance(e, KilledWorker):
+        why = "its workers died each time it ran (out of memory?)"
+    else:
+        why = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return FeatxError(f"shard {k} failed: {why}; finished shards are kept, rerun the same command to resume")
+
+
+def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec | None = None,
+                       scheduler: str | None = None, client=None, tap: str = "pool5-gap", weights=None,
+                       batch_size: int | None = None, device: str = "auto", precision: str = "auto",
+                       workers: int | None = None, flip_tta: bool = False, dtype: str = "float16",
+                       compile: bool = False, progress: bool = True, rows_per_shard: int | None = None,
+                       rows_per_chunk: int | None = None, retries: int = 2) -> dict:
+    """featx.extract.extract on dask.distributed: same arguments, same store, same summary.
+
+    cluster: "local:N" (N single-threaded worker processes here; on a GPU machine one per GPU, "local" = all
+    GPUs) or None; scheduler: "tcp://HOST:PORT" of a running cluster; client: a distributed.Client to use.
+    With none of the three, runs featx.extract.extract in this process.
+    workers: DataLoader decode processes per dask worker (default 0 on CPU, a few per GPU worker).
+    """
+    from . import extract as fx
+
+    if cluster not in (None, "") and scheduler:
+        raise FeatxError("use --cluster (start a local cluster) or --scheduler (join one), not both")
+    if client is None and cluster in (None, "") and not scheduler:
+        return fx.extract(data, backbone, store, tap=tap, weights=weights, batch_size=batch_size, device=device,
+                          precision=precision, workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
+                          progress=progress, rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
+    spec_local = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    t0 = time.perf_counter()
+    if dtype not in fx.DTYPES:
+        raise FeatxError(f"unknown dtype {dtype!r}; use float16 or float32")
+    if precision not in fx.PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r}; use {', '.join(fx.PRECISIONS)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise FeatxError(f"unknown device {device!r} for a cluster; use auto, cpu or cuda (each worker "
+                         "uses the GPU it is pinned to)")
+    if batch_size is not None and batch_size < 1:
+        raise FeatxError("--batch-size must be at least 1")
+    wstore = _worker_store(store)
+    in_process_only = wstore.startswith("memory://")
+    if in_process_only and client is None:
+        raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
+    from .backbone import parse_tap
+    from .data import Manifest, load
+    from .store import create, open_for_extract
+
+    manifest = data if isinstance(data, Manifest) else load(data)
+    tap = "+".join(parse_tap(tap))
+
+    def identity_for(release, sha) -> dict:
+        return {"manifest_hash": manifest.hash(), "release": release, "weights_sha256": sha, "tap": tap,
+                "preprocess": None, "dtype": dtype, "flip": bool(flip_tta)}
+
+    cheap = fx.weights_identity(backbone, weights)
+    writer = None
+    if cheap:
+        release, wpath, sha = cheap
+        fx.check_tap(release, tap)
+        identity = {**identity_for(release.name, sha), "preprocess": release.preprocess.to_dict()}
+        writer = open_for_extract(wstore, identity)
+        if writer is not None and writer.is_complete():
+            if precision != "auto" and writer.attrs.get("precision") != precision:
+                raise FeatxError(f"store {writer.name} holds {writer.attrs.get('precision')} features, not "
+                                 f"{precision}; use another --store")
+            return _complete_summary(writer, t0)
+        if writer is not None and precision != "auto" and writer.attrs.get("precision") != precision:
+            raise FeatxError(f"store {writer.name} was started at {writer.attrs.get('precision')} precision, not "
+                             f"{precision}; rerun with --precision {writer.attrs.get('precision')} "
+                             "(features are never mixed)")
+
+    weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
+    with connect(spec_local, scheduler, device=device, client=client) as (c, info):
+        if in_process_only and not info.get("in_process"):
+            raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
+        workers_info = c.scheduler_info(n_workers=-1)["workers"]
+        resources = gpu_resources(workers_info, device)
+        host_threads: Counter = Counter()
+        for w in workers_info.values():
+            host_threads[w.get("host")] += int(w.get("nthreads") or 1)
+        gpu = bool(resources) or bool(info.get("gpus"))
+        token = uuid.uuid4().hex[:8]
+        spec = {"backbone": backbone, "weights": weights_arg, "weights_sha256": cheap[2] if cheap else None,
+                "tap": tap, "device": device, "dtype": dtype, "flip": bool(flip_tta), "compile": compile,
+                "precision": writer.attrs["precision"] if writer is not None else precision,
+                "host_threads": dict(host_threads), "set_threads": not info.get("in_process")}
+        got = c.submit(probe, spec, key=f"featx-probe-{token}", pure=False, retries=retries,
+                       resources=resources).result()
+        spec["precision"], spec["weights_sha256"] = got["precision"], got["weights_sha256"]
+        if not cheap:  # e.g. a fine-tuned model folder: the worker told us what it is
+            identity = {**identity_for(got["release"], got["weights_sha256"]), "preprocess": got["preprocess"]}
+            writer = open_for_extract(wstore, identity)
+            if writer is not None and writer.is_complete():
+                return _complete_summary(writer, t0)
+        if writer is not None and writer.attrs.get("precision") != got["precision"]:
+            raise FeatxError(f"store {writer.name} was started at {writer.attrs.get('precision')} precision, not "
+                             f"{got['precision']}; rerun with --precision {writer.attrs.get('precision')} "
+                             "(features are never mixed)")
+        on_gpu = got["device_type"] == "cuda"
+        spec["batch_size"] = batch_size or (128 if on_gpu else 32)
+        if workers is None:  # decode processes per GPU worker; CPU workers decode in their own thread
+            workers = 0
+            if on_gpu:
+                n_local = max(1, info.get("n_workers") or 1)
+                workers = max(1, min(12, (os.cpu_count() or 2) // n_local - 1)) if info.get("local") else 4
+        spec["workers"] = workers
+        n_workers = len(c.scheduler_info(n_workers=-1)["workers"])
+        where = f"{n_workers} dask worker(s){' (1 GPU each)' if gpu and on_gpu else ''}: {got['device']}"
+        if writer is None:
+            provenance = {
+                "weights_file": str(cheap[1]) if cheap else str(backbone),
+                "release_info": got["release_info"],
+                "precision": got["precision"],
+                "device": got["device"],
+                "versions": got["versions"],
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": {"data": str(data) if not isinstance(data, Manifest) else None, "backbone": backbone},
+                "cluster": {"scheduler": info["scheduler"], "n_workers": n_workers},
+            }
+            writer = create(wstore, manifest=manifest, identity=identity, provenance=provenance,
+                            dim=tuple(got["dim"]), rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
+        if list(writer.attrs["dim"]) != list(got["dim"]):
+            raise FeatxError(f"store {writer.name} has features of shape {writer.attrs['dim']}, "
+                             f"the model makes {got['dim']}")
+        stats = _run_units(c, writer, wstore, spec, resources, retries, token, progress)
+        per_worker = {a: s for a, s in c.run(worker_stats, on_error="return").items() if isinstance(s, dict)}
+
+    run = {"rows": stats["rows"], "wall_s": round(stats["wall_s"], 3),
+           "images_per_s": round(stats["rows"] / stats["wall_s"], 2) if stats["wall_s"] > 0 else None,
+           "device": where, "precision": spec["precision"], "batch_size": spec["batch_size"], "workers": workers,
+           "compile": compile, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "cluster": {"scheduler": info["scheduler"], "n_workers": n_workers, "units": stats["units"]}}
+    attrs = fx.finish(writer, run)
+    if stats["error"] is not None:
+        raise stats["error"]
+    return {"store": writer.name, "n": writer.n, "computed": stats["rows"], "skipped_now": stats["skipped"],
+            "skipped": int(attrs.get("skipped", {}).get("count", 0)),
+            "skipped_first": attrs.get("skipped", {}).get("first", []),
+            "already_complete": False, "wall_s": time.perf_counter() - t0, "compute_wall_s": stats["wall_s"],
+            "images_per_s": run["images_per_s"], "device": where, "precision": spec["precision"],
+            "units": stats["units"], "units_already_done": stats["already_done"], "n_workers": n_workers,
+            "scheduler": info["scheduler"], "per_worker": per_worker}
+
+
+def _run_units(c, writer, wstore: str, spec: dict, resources, retries: int, token: str, progress: bool) -> dict:
+    """Submit one task per unfinished shard; advance one bar as they complete. Never raises mid-way:
+    returns the first task error in "error" so the driver can record what was done."""
+    from distributed import as_completed
+
+    units = writer.plan_units()
+    t = time.perf_counter()
+    futures = {}
+    for start, stop in units:
+        k = writer.shard_index(start, stop)
+        f = c.submit(run_shard, wstore, start, stop, spec, key=f"featx-shard-{k:06d}-{token}", pure=False,
+                     retries=retries, resources=resources)
+        futures[f] = (k, start, stop)
+    rows = skipped = done_units = already = 0
+    error = None
+    todo = sum(b - a for a, b in units)
+    try:
+        with _bar(progress, writer.n, writer.n - todo) as advance:
+            for f in as_completed(list(futures), loop=c.loop):
+                k, start, stop = futures[f]
+                if f.status != "finished":
+                    error = _task_error(k, f)
+                    break
+                r = f.result()
+                rows += r["rows"]
+                skipped += r["skipped"]
+                already += bool(r.get("already_done"))
+                done_units += not r.get("already_done")
+                advance(stop - start)
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            c.cancel(pending)
+    return {"rows": rows, "skipped": skipped, "units": done_units, "already_done": already,
+            "wall_s": time.perf_counter() - t, "error": error}
+
+
+@contextlib.contextmanager
+def _bar(show: bool, total: int, completed: int):
+    """One rich bar for the whole cluster, with images/s and ETA on stderr; yields advance(k)."""
+    if not show:
+        yield lambda k: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
+
+    with Progress(TextColumn("extract (dask)"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as p:
+        task = p.add_task("extract", total=total, completed=completed)
+        yield lambda k: p.advance(task, k)
+
+
+# --- features as dask arrays -----------------------------------------------------------------
+
+def feature_array(store, flip: bool = False):
+    """The store's features as a lazy float32 dask array [N, *dim], one block per stored chunk.
+
+    Works on stores larger than memory, e.g. `feature_array(s)[idx].mean(axis=0).compute()`.
+    `store` is a path, URL or an open featx.store.FeatureStore (which must be finished).
+    """
+    import dask.array as da
+
+    from .store import FeatureStore
+
+    fs = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    return da.from_zarr(fs.array(flip)).astype(np.float32)
