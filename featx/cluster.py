@@ -436,6 +436,8 @@ def _run_units(c, writer, wstore: str, spec: dict, resources, retries: int, toke
     returns the first task error in "error" so the driver can record what was done."""
     from distributed import as_completed
 
+    from .extract import progress_bar
+
     units = writer.plan_units()
     t = time.perf_counter()
     futures = {}
@@ -448,7 +450,7 @@ def _run_units(c, writer, wstore: str, spec: dict, resources, retries: int, toke
     error = None
     todo = sum(b - a for a, b in units)
     try:
-        with _bar(progress, writer.n, writer.n - todo) as advance:
+        with progress_bar(progress, writer.n, writer.n - todo, "extract (dask)") as advance:
             for f in as_completed(list(futures), loop=c.loop):
                 k, start, stop = futures[f]
                 if f.status != "finished":
@@ -466,27 +468,6 @@ def _run_units(c, writer, wstore: str, spec: dict, resources, retries: int, toke
             c.cancel(pending)
     return {"rows": rows, "skipped": skipped, "units": done_units, "already_done": already,
             "wall_s": time.perf_counter() - t, "error": error}
-
-
-@contextlib.contextmanager
-def _bar(show: bool, total: int, completed: int):
-    """One rich bar for the whole cluster, with images/s and ETA on stderr; yields advance(k)."""
-    if not show:
-        yield lambda k: None
-        return
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
-
-    with Progress(TextColumn("extract (dask)"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as p:
-        task = p.add_task("extract", total=total, completed=completed)
-        yield lambda k: p.advance(task, k)
 
 
 # --- features as dask arrays -----------------------------------------------------------------

@@ -466,7 +466,7 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
     check_extractor(writer, ex)
     units = writer.plan_units()
     todo = sum(b - a for a, b in units)
-    bar = _progress(progress, writer.n, writer.n - todo)
+    bar = progress_bar(progress, writer.n, writer.n - todo)
     with bar as (advance):
         stats = run_units(writer, ex, units, batch_size=batch_size, workers=workers, on_rows=advance)
     run = {"rows": stats["rows"], "wall_s": round(stats["wall_s"], 3),
@@ -483,7 +483,7 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
 
 
 @contextlib.contextmanager
-def _progress(show: bool, total: int, completed: int):
+def progress_bar(show: bool, total: int, completed: int, label: str = "extract"):
     """A rich bar with images/s and ETA on stderr; yields advance(k)."""
     if not show:
         yield lambda k: None
@@ -497,7 +497,7 @@ def _progress(show: bool, total: int, completed: int):
         def render(self, task):
             return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
 
-    with Progress(TextColumn("extract"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
                   TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as p:
         task = p.add_task("extract", total=total, completed=completed)
         yield lambda k: p.advance(task, k)
