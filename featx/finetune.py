@@ -45,6 +45,9 @@ class Block5Net(nn.Module):
             d = h
         layers.append(nn.Linear(d, n_classes))
         self.head = nn.Sequential(*layers)
+        # fixed standardisation of the flat pool5 features (per channel, measured before training)
+        self.register_buffer("mean", torch.zeros(base.widths[4] * 7 * 7))
+        self.register_buffer("scale", torch.ones(base.widths[4] * 7 * 7))
 
     def pool5(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
@@ -52,7 +55,17 @@ class Block5Net(nn.Module):
         return F.max_pool2d(x, 2, 2)
 
     def forward(self, pool4: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool5(pool4).flatten(1).float())
+        return self.head((self.pool5(pool4).flatten(1).float() - self.mean) / self.scale)
+
+    @torch.no_grad()
+    def fit_scale(self, maps: torch.Tensor) -> None:
+        """Per-channel mean/std of pool5 over a sample of pool4 maps, repeated over the 7x7 grid."""
+        p5 = self.pool5(maps.float())
+        hw = p5.shape[2] * p5.shape[3]
+        mean = p5.mean((0, 2, 3))
+        std = p5.std((0, 2, 3)).clamp_min(1e-6)
+        self.mean.copy_(mean.repeat_interleave(hw))
+        self.scale.copy_(std.repeat_interleave(hw))
 
 
 def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
@@ -261,8 +274,10 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
 
     # 2. model, optimiser, and the checkpoint if there is one
     torch.manual_seed(seed)
-    net = Block5Net(base, n_classes, [hidden] if head == "mlp" else [], dropout).to(device)
-    net = net.to(memory_format=torch.channels_last)
+    net = Block5Net(base, n_classes, [hidden] if head == "mlp" else [], dropout)
+    sample = np.sort(np.random.default_rng(seed).choice(train_idx, min(len(train_idx), 256), replace=False))
+    net.fit_scale(torch.from_numpy(store.features(sample)))
+    net = net.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW([{"params": net.convs.parameters(), "lr": lr},
                              {"params": net.head.parameters(), "lr": config["head_lr"]}], weight_decay=1e-4)
     history, best_loss, best_epoch, bad, start = [], math.inf, 0, 0, 1
@@ -339,7 +354,7 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
 
     # the head as a featx MLP head on pool5-flat (dropout is identity at inference)
     lin = [m for m in net.head if isinstance(m, nn.Linear)]
-    arrays = {"scaler_mean": np.zeros(lin[0].in_features), "scaler_scale": np.ones(lin[0].in_features)}
+    arrays = {"scaler_mean": net.mean.double().cpu().numpy(), "scaler_scale": net.scale.double().cpu().numpy()}
     for k, m in enumerate(lin):
         arrays[f"layer{k}_weight"] = m.weight.detach().float().cpu().numpy()
         arrays[f"layer{k}_bias"] = m.bias.detach().float().cpu().numpy()

@@ -87,6 +87,8 @@ def test_new_release_and_head_score_another_collection(env, tmp_path, capsys):
     arrays = load_file(str(out / "head.safetensors"))
     for k, m in enumerate(lin):
         m.weight.data, m.bias.data = arrays[f"layer{k}_weight"].float(), arrays[f"layer{k}_bias"].float()
+    net.mean.copy_(arrays["scaler_mean"].float())
+    net.scale.copy_(arrays["scaler_scale"].float())
     prefix = FeatureStore.open(card["provenance"]["store"])
     r = run_epoch(net, prefix, val, prefix.labels, train=False, block_rows=16)
     order = np.argsort(r["rows"])
