@@ -15,7 +15,8 @@ def fine_tune(
     data: str = typer.Option(..., "--data", help="Class folder, CSV, CelebA/UTKFace root, or a manifest."),
     out: str = typer.Option(..., "--out", help="Output folder, e.g. models/NAME: a new release plus its head."),
     unfreeze: str = typer.Option("block5", "--unfreeze", help="Trainable part (block5; blocks 1-4 are cached)."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate of block 5 (the head gets 10x)."),
+    lr: float = typer.Option(1e-5, "--lr", help="AdamW learning rate of the pretrained block 5."),
+    head_lr: float = typer.Option(1e-3, "--head-lr", help="AdamW learning rate of the new head."),
     epochs: int = typer.Option(10, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
     head: str = typer.Option("mlp", "--head", help="mlp (flat pool5 -> 256 -> classes) or linear."),
@@ -34,7 +35,7 @@ def fine_tune(
     """Fine-tune the last conv block plus a head; blocks 1-4 run once into a cached pool4 store."""
     from featx.finetune import fine_tune as run
 
-    s = run(data, backbone, out, weights=weights, unfreeze=unfreeze, lr=lr, epochs=epochs, batch_size=batch_size,
+    s = run(data, backbone, out, weights=weights, unfreeze=unfreeze, lr=lr, head_lr=head_lr, epochs=epochs, batch_size=batch_size,
             head=head, hidden=hidden, dropout=dropout, augment=augment, patience=patience, seed=seed,
             device=device, precision=precision, cache=cache, workers=workers, progress=not quiet)
     typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}; val accuracy {s['val_accuracy']:.4f}"

@@ -167,28 +167,46 @@ def _atomic_json(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """AdamW state as flat tensors (no pickles) plus the step counts."""
-    sd = opt.state_dict()
-    tensors, steps = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if k == "step":
-                steps[str(pid)] = float(v)
-            else:
-                tensors[f"opt.{pid}.{k}"] = v
-    return tensors, steps
+class Optimisers:
+    """AdamW for pretrained block 5 at a low rate and for the new head at its own; stepped together.
 
+    (Plain SGD at 1e-4 diverged to NaN on Caffe-scale activations; AdamW at 1e-4 moved conv5
+    weights by about their own size within an epoch and lost the pretrained features.)"""
 
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], steps: dict) -> None:
-    sd = opt.state_dict()
-    state = {}
-    for pid in steps:
-        state[int(pid)] = {"step": torch.tensor(steps[pid]),
-                           "exp_avg": tensors[f"opt.{pid}.exp_avg"],
-                           "exp_avg_sq": tensors[f"opt.{pid}.exp_avg_sq"]}
-    sd["state"] = state
-    opt.load_state_dict(sd)
+    def __init__(self, net: "Block5Net", lr: float, head_lr: float):
+        self.parts = [torch.optim.AdamW(net.convs.parameters(), lr=lr, weight_decay=1e-4),
+                      torch.optim.AdamW(net.head.parameters(), lr=head_lr, weight_decay=1e-4)]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.parts:
+            o.step()
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Optimiser state as flat tensors (no pickles) plus scalar step counts."""
+        tensors, scalars = {}, {}
+        for i, o in enumerate(self.parts):
+            for pid, st in o.state_dict()["state"].items():
+                for k, v in st.items():
+                    if torch.is_tensor(v) and v.ndim > 0:
+                        tensors[f"opt{i}.{pid}.{k}"] = v
+                    else:
+                        scalars[f"opt{i}.{pid}.{k}"] = float(v)
+        return tensors, scalars
+
+    def load(self, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+        for i, o in enumerate(self.parts):
+            sd = o.state_dict()
+            state: dict[int, dict] = {}
+            for key, v in [*tensors.items(), *((k, torch.tensor(x)) for k, x in scalars.items())]:
+                part, pid, name = key.split(".", 2)
+                if part == f"opt{i}":
+                    state.setdefault(int(pid), {})[name] = v
+            sd["state"] = state
+            o.load_state_dict(sd)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -221,7 +239,7 @@ def prefix_store_for(manifest, release_name: str, weights_sha: str, flip: bool) 
 
 
 def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: str = "block5",
-              lr: float = 1e-4, head_lr: float | None = None, epochs: int = 10, batch_size: int = 64,
+              lr: float = 1e-5, head_lr: float = 1e-3, epochs: int = 10, batch_size: int = 64,
               head: str = "mlp", hidden: int = 256, dropout: float = 0.5, augment: str | None = None,
               patience: int = 3, seed: int = 0, device: str = "auto", precision: str = "auto",
               cache: str | Path | None = None, workers: int | None = None, name: str | None = None,
@@ -249,7 +267,7 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
 
     manifest = data if isinstance(data, Manifest) else load(data)
     config = {"backbone": base_release.name, "manifest_hash": manifest.hash(), "weights_sha256": base_sha, "unfreeze": unfreeze, "lr": lr,
-              "head_lr": head_lr or lr * 10, "epochs": epochs, "batch_size": batch_size, "head": head,
+              "head_lr": head_lr, "epochs": epochs, "batch_size": batch_size, "head": head,
               "hidden": hidden if head == "mlp" else 0, "dropout": dropout, "augment": augment or "none",
               "patience": patience, "seed": seed}
 
@@ -278,8 +296,7 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
     sample = np.sort(np.random.default_rng(seed).choice(train_idx, min(len(train_idx), 256), replace=False))
     net.fit_scale(torch.from_numpy(store.features(sample)))
     net = net.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW([{"params": net.convs.parameters(), "lr": lr},
-                             {"params": net.head.parameters(), "lr": config["head_lr"]}], weight_decay=1e-4)
+    opt = Optimisers(net, lr, config["head_lr"])
     history, best_loss, best_epoch, bad, start = [], math.inf, 0, 0, 1
     state_path, state_json = out / STATE_FILE, out / STATE_JSON
     if state_json.is_file() and state_path.is_file():
@@ -288,7 +305,7 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
             raise FeatxError(f"{out} holds an unfinished fine-tune with other settings; use another --out")
         tensors = load_file(str(state_path))
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        _load_opt(opt, tensors, st["opt_steps"])
+        opt.load({k: v for k, v in tensors.items() if k.startswith("opt")}, st["opt_steps"])
         history, best_loss, best_epoch, bad = st["history"], st["best_loss"], st["best_epoch"], st["bad"]
         start = st["epoch"] + 1
         log(f"resuming {out} after epoch {st['epoch']}")
@@ -316,7 +333,7 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
             _atomic_save({k: v for k, v in tensors.items()}, out / "best.safetensors")
         else:
             bad += 1
-        opt_t, steps = _opt_tensors(opt)
+        opt_t, steps = opt.tensors()
         _atomic_save({**tensors, **opt_t}, state_path)
         _atomic_json({"config": config, "epoch": epoch, "history": history, "best_loss": best_loss,
                       "best_epoch": best_epoch, "bad": bad, "opt_steps": steps}, state_json)
