@@ -63,7 +63,10 @@ class Block5Net(nn.Module):
         p5 = self.pool5(maps.float())
         hw = p5.shape[2] * p5.shape[3]
         mean = p5.mean((0, 2, 3))
-        std = p5.std((0, 2, 3)).clamp_min(1e-6)
+        std = p5.std((0, 2, 3))
+        # channels silent in the sample (a quarter of conv5_3's on UTKFace) must not blow up
+        # when they do fire: floor their scale at the median channel's
+        std = std.clamp_min(max(float(std.median()), 1e-6))
         self.mean.copy_(mean.repeat_interleave(hw))
         self.scale.copy_(std.repeat_interleave(hw))
 
