@@ -72,24 +72,10 @@ class Block5Net(nn.Module):
 
 
 def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
-    """None for fp32; bf16 where the hardware has it (auto), else fp16 on CUDA."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else None
+    """The autocast dtype of extract's precision policy (None for fp32)."""
+    from .extract import AUTOCAST, resolve_precision
 
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return AUTOCAST.get(resolve_precision(precision, torch.device(device)))
 
 
 def stream_blocks(store, idx: np.ndarray, block_rows: int, rng: np.random.Generator | None,
@@ -261,7 +247,9 @@ def fine_tune(data, backbone: str, out: str | Path, *, weights=None, unfreeze: s
         raise FeatxError(f"--augment {augment!r} is not supported; use flip")
     flip = augment == "flip"
     out = Path(out)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    from .extract import resolve_device
+
+    device = resolve_device(device).type
     amp = autocast_dtype(device, precision)
     base_release, base, base_sha = load_backbone(backbone, weights)
     if base.widths[3] != base.widths[4]:
