@@ -80,10 +80,10 @@ def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
 
 def stream_blocks(store, idx: np.ndarray, block_rows: int, rng: np.random.Generator | None,
                   flip: bool = False):
-    """Yield (rows, maps float32 [k, C, H, W], use_flip mask) per block of whole chunks.
+    """Yield (rows, maps float32 [k, C, H, W]) per block of whole chunks.
 
     With rng the block order and the rows within each block are shuffled; memory stays at one block.
-    With flip each row takes its mirrored maps with probability 1/2.
+    With flip and rng each row takes its mirrored maps with probability 1/2.
     """
     cr = int(store.attrs["rows_per_chunk"])
     block = max(cr, block_rows // cr * cr)
@@ -100,16 +100,15 @@ def stream_blocks(store, idx: np.ndarray, block_rows: int, rng: np.random.Genera
         if rng is not None:
             rows = rng.permutation(rows)
         x = np.asarray(arr[s:e], dtype=np.float32)[rows - s]
-        use = np.zeros(len(rows), bool)
-        if farr is not None:
-            use = rng.random(len(rows)) < 0.5 if rng is not None else use
+        if farr is not None and rng is not None:
+            use = rng.random(len(rows)) < 0.5
             if use.any():
                 x[use] = np.asarray(farr[s:e], dtype=np.float32)[rows[use] - s]
-        yield rows, x, use
+        yield rows, x
 
 
 def _batches(store, idx, batch_size, block_rows, rng, flip):
-    for rows, x, _ in stream_blocks(store, idx, block_rows, rng, flip):
+    for rows, x in stream_blocks(store, idx, block_rows, rng, flip):
         for b in range(0, len(rows), batch_size):
             yield rows[b:b + batch_size], x[b:b + batch_size]
 
@@ -145,15 +144,15 @@ def run_epoch(net, store, idx, labels, *, train: bool, opt=None, batch_size=64, 
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    from .weights import atomic_write
+
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from .weights import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
 
 
 class Optimisers:

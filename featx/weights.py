@@ -88,7 +88,8 @@ def load_canonical_file(path: Path) -> dict[str, torch.Tensor]:
         raise FeatxError(f"cannot read weights {path}: {e}") from None
 
 
-def _atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) next to dst, then rename over it: readers see the old file or the whole new one."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
@@ -135,7 +136,7 @@ def write_canonical(
     from_state_dict(sd)  # refuse weights the backbone cannot load, before touching the cache
     path = weights_dir() / release.filename
     meta = {"featx_release": release.name, META_CHANNELS: release.preprocess.channels, "featx_format": "canonical-v1"}
-    _atomic_write(path, lambda p: save_canonical_file(sd, p, meta))
+    atomic_write(path, lambda p: save_canonical_file(sd, p, meta))
     record = {
         "release": release.name,
         "source_file": imp.source,
@@ -153,7 +154,7 @@ def write_canonical(
         "size": path.stat().st_size,
         **(extra or {}),
     }
-    _atomic_write(record_path(release.name), lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(record_path(release.name), lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
     return record
 
 
@@ -450,7 +451,7 @@ def register_finetuned(folder: str | Path) -> Path:
     release = Release.from_dict(json.loads((folder / "release.json").read_text()))
     finetuned_dir().mkdir(parents=True, exist_ok=True)
     dst = finetuned_dir() / f"{release.name}.json"
-    _atomic_write(dst, lambda tmp: tmp.write_text(json.dumps({"name": release.name, "path": str(folder)})))
+    atomic_write(dst, lambda tmp: tmp.write_text(json.dumps({"name": release.name, "path": str(folder)})))
     return dst
 
 

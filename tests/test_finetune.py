@@ -144,7 +144,7 @@ def test_stream_blocks_visits_each_row_once_in_shuffled_order(env, tmp_path):
     fs = FeatureStore.open(store)
     idx = fs.indices("train")
     rng = np.random.default_rng(0)
-    rows = np.concatenate([r for r, x, _ in stream_blocks(fs, idx, 8, rng)])
+    rows = np.concatenate([r for r, _ in stream_blocks(fs, idx, 8, rng)])
     assert sorted(rows.tolist()) == sorted(idx.tolist()) and rows.tolist() != sorted(rows.tolist())
-    for r, x, _ in stream_blocks(fs, idx, 8, None):
+    for r, x in stream_blocks(fs, idx, 8, None):
         np.testing.assert_array_equal(x, fs.features(r))
