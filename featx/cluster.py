@@ -272,12 +272,6 @@ def _worker_store(store) -> str:
     raise FeatxError("a cluster run needs the store as a path or URL that every worker can reach")
 
 
-def _complete_summary(writer, t0: float) -> dict:
-    ok = np.asarray(writer.group["ok"][:], dtype=bool)
-    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": int((~ok).sum()),
-            "already_complete": True, "wall_s": time.perf_counter() - t0}
-
-
 def _task_error(k: int, fut) -> FeatxError:
     from distributed import KilledWorker
 
@@ -348,15 +342,10 @@ def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec |
         fx.check_tap(release, tap)
         identity = {**identity_for(release.name, sha), "preprocess": release.preprocess.to_dict()}
         writer = open_for_extract(wstore, identity)
-        if writer is not None and writer.is_complete():
-            if precision != "auto" and writer.attrs.get("precision") != precision:
-                raise FeatxError(f"store {writer.name} holds {writer.attrs.get('precision')} features, not "
-                                 f"{precision}; use another --store")
-            return _complete_summary(writer, t0)
-        if writer is not None and precision != "auto" and writer.attrs.get("precision") != precision:
-            raise FeatxError(f"store {writer.name} was started at {writer.attrs.get('precision')} precision, not "
-                             f"{precision}; rerun with --precision {writer.attrs.get('precision')} "
-                             "(features are never mixed)")
+        if writer is not None:
+            fx.check_precision(writer, precision)
+            if writer.is_complete():
+                return fx.complete_summary(writer, t0)
 
     weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
     with connect(spec_local, scheduler, device=device, client=client) as (c, info):
@@ -380,11 +369,9 @@ def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec |
             identity = {**identity_for(got["release"], got["weights_sha256"]), "preprocess": got["preprocess"]}
             writer = open_for_extract(wstore, identity)
             if writer is not None and writer.is_complete():
-                return _complete_summary(writer, t0)
-        if writer is not None and writer.attrs.get("precision") != got["precision"]:
-            raise FeatxError(f"store {writer.name} was started at {writer.attrs.get('precision')} precision, not "
-                             f"{got['precision']}; rerun with --precision {writer.attrs.get('precision')} "
-                             "(features are never mixed)")
+                return fx.complete_summary(writer, t0)
+        if writer is not None:
+            fx.check_precision(writer, got["precision"])
         on_gpu = got["device_type"] == "cuda"
         spec["batch_size"] = batch_size or (128 if on_gpu else 32)
         if workers is None:  # decode processes per GPU worker; CPU workers decode in their own thread

@@ -322,6 +322,24 @@ def run_unit(store, start: int, stop: int, *, extractor: Extractor, batch_size: 
     return run_units(writer, extractor, [(start, stop)], batch_size=batch_size, workers=workers)
 
 
+def check_precision(writer: StoreWriter, precision: str) -> None:
+    """Refuse to add features of another precision to a store (explicit choices only: "auto" passes)."""
+    have = writer.attrs.get("precision")
+    if precision == "auto" or have == precision:
+        return
+    if writer.is_complete():
+        raise FeatxError(f"store {writer.name} holds {have} features, not {precision}; use another --store")
+    raise FeatxError(f"store {writer.name} was started at {have} precision, not {precision}; "
+                     f"rerun with --precision {have} (features are never mixed)")
+
+
+def complete_summary(writer: StoreWriter, t0: float) -> dict:
+    """The summary of a run that found its store already complete."""
+    ok = np.asarray(writer.group["ok"][:], dtype=bool)
+    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": int((~ok).sum()),
+            "already_complete": True, "wall_s": time.perf_counter() - t0}
+
+
 def check_extractor(writer: StoreWriter, ex: Extractor) -> None:
     """The extractor must make the features the store was created for."""
     a = writer.attrs
@@ -332,8 +350,7 @@ def check_extractor(writer: StoreWriter, ex: Extractor) -> None:
         want = a.get(k)
         if (list(want) if isinstance(want, (list, tuple)) else want) != (list(v) if isinstance(v, tuple) else v):
             if k == "precision":
-                raise FeatxError(f"store {writer.name} was started at {want} precision, not {v}; "
-                                 f"rerun with --precision {want} (features are never mixed)")
+                check_precision(writer, v)
             raise FeatxError(f"store {writer.name} was made with {k} {want!r}, not {v!r}")
 
 
@@ -429,18 +446,13 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
                 "tap": tap, "preprocess": release.preprocess.to_dict(), "dtype": dtype, "flip": bool(flip_tta)}
     writer = open_for_extract(store, identity)
     if writer is not None and writer.is_complete():
-        if precision != "auto" and writer.attrs.get("precision") != precision:
-            raise FeatxError(f"store {writer.name} holds {writer.attrs.get('precision')} features, not {precision}; "
-                             "use another --store")
-        ok = np.asarray(writer.group["ok"][:], dtype=bool)
-        return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": int((~ok).sum()),
-                "already_complete": True, "wall_s": time.perf_counter() - t0}
+        check_precision(writer, precision)
+        return complete_summary(writer, t0)
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    if writer is not None and writer.attrs.get("precision") != prec:
-        raise FeatxError(f"store {writer.name} was started at {writer.attrs.get('precision')} precision, not {prec}; "
-                         f"rerun with --precision {writer.attrs.get('precision')} (features are never mixed)")
+    if writer is not None:
+        check_precision(writer, prec)
     batch_size = batch_size or (128 if dev.type == "cuda" else 32)
     if batch_size < 1:
         raise FeatxError("--batch-size must be at least 1")
