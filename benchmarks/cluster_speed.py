@@ -51,7 +51,7 @@ def weights_for(backbone: str, weights: str | None, tmp: Path) -> tuple[str | No
     import torch
     from safetensors.torch import save_file
 
-    from featx.backbone import VGG16
+    from featx.backbones.vgg16 import VGG16
 
     torch.manual_seed(0)
     out = tmp / "random-vgg16.safetensors"

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from featx.backbone import BLOCKS, VGG16, tap_deepest, tap_features
+from featx.backbones import deepest, tap_features
+from featx.backbones.vgg16 import BLOCKS, VGG16
 from featx.data import load
 from featx.extract import describe_device, extract, resolve_device, resolve_precision
 from featx.releases import get_release
@@ -186,7 +187,7 @@ def run(args, note: str, tmp: Path) -> None:
         print(f"speed-up featx / naive: {out['speedup']:.2f}x")
 
     size = release.preprocess.size
-    macs = conv_macs(load_backbone(args.backbone, args.weights)[1], size, tap_deepest(args.tap))
+    macs = conv_macs(load_backbone(args.backbone, args.weights)[1], size, int(deepest(load_backbone(args.backbone, args.weights)[1], args.tap.split("+"))[4:]))
     achieved = 2 * macs * s["images_per_s"]
     peaks = {"bf16": matmul_peak(device, torch.bfloat16), "fp32": matmul_peak(device, torch.float32)}
     out["conv_gflop_per_image"] = 2 * macs / 1e9

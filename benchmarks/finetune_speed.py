@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from featx.backbones import tap_features
 from featx.data import load
 from featx.extract import Extractor, ImageRows, resolve_precision
 from featx.finetune import Block5Net, autocast_dtype, run_epoch
@@ -35,7 +36,7 @@ def full_pass_epoch(ex: Extractor, net, manifest, labels, opt, amp, batch_size) 
         x = ex.normalize(x_u8)
         y = torch.from_numpy(labels[i.numpy()])
         with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            pool4 = ex.model.maps(x, upto=4)["pool4"]
+            pool4 = tap_features(ex.model, x, "pool4")
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             loss = torch.nn.functional.cross_entropy(net(pool4.float()).float(), y)
         opt.zero_grad(set_to_none=True)

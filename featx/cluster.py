@@ -324,12 +324,10 @@ def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec |
     in_process_only = wstore.startswith("memory://")
     if in_process_only and client is None:
         raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
-    from .backbone import parse_tap
     from .data import Manifest, load
     from .store import create, open_for_extract
 
     manifest = data if isinstance(data, Manifest) else load(data)
-    tap = "+".join(parse_tap(tap))
 
     def identity_for(release, sha) -> dict:
         return {"manifest_hash": manifest.hash(), "release": release, "weights_sha256": sha, "tap": tap,
@@ -339,7 +337,7 @@ def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec |
     writer = None
     if cheap:
         release, wpath, sha = cheap
-        fx.check_tap(release, tap)
+        tap = "+".join(release.parse_tap(tap))
         identity = {**identity_for(release.name, sha), "preprocess": release.preprocess.to_dict()}
         writer = open_for_extract(wstore, identity)
         if writer is not None:

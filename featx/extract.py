@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .backbone import parse_tap, tap_dim, tap_features
+from .backbones import tap_dim, tap_features
 from .errors import FeatxError
 from .images import ImageError, open_rgb
 from .releases import RELEASES, Preprocess
@@ -104,8 +104,7 @@ class Extractor:
                  device: str = "auto", precision: str = "auto", dtype: str = "float16",
                  flip: bool = False, compile: bool = False, loaded=None):
         self.release, model, self.weights_sha256 = loaded or load_backbone(backbone, weights)
-        self.tap = "+".join(parse_tap(tap))
-        check_tap(self.release, self.tap)
+        self.tap = "+".join(self.release.parse_tap(tap))
         self.preprocess: Preprocess = self.release.preprocess
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -114,7 +113,7 @@ class Extractor:
         self.dtype, self.flip, self.compiled = dtype, flip, compile
         model = model.eval().requires_grad_(False).to(self.device).to(memory_format=torch.channels_last)
         self.model = model
-        self.dim = tap_dim_on(model, self.tap, self.preprocess.size, self.device)
+        self.dim = tap_dim(model, self.tap, self.preprocess.size, self.device)
         p = self.preprocess
         self.mean = torch.tensor(p.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(p.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -130,7 +129,12 @@ class Extractor:
         if p.channels == "BGR":
             x = x.flip(1)
         x = x * (p.scale / 255.0)
-        x = (x - self.mean) / self.std
+        if p.norm == "per-image":
+            mean = x.mean((1, 2, 3), keepdim=True)
+            floor = 1.0 / float(x[0].numel()) ** 0.5
+            x = (x - mean) / x.std((1, 2, 3), keepdim=True, correction=0).clamp_min(floor)
+        else:
+            x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -152,21 +156,6 @@ class Extractor:
             f = f.clamp(-65504.0, 65504.0).half()
         f = f.cpu().numpy()
         return (f[:b], f[b:]) if self.flip else (f, None)
-
-
-def check_tap(release, tap: str) -> None:
-    """parse_tap validates the names; fc taps also need a release with fc weights."""
-    for part in parse_tap(tap):
-        if part in ("fc6", "fc7") and not release.has_fc:
-            raise FeatxError(f"release {release.name} has no tap {part!r} (no fc weights); use a pool tap")
-
-
-def tap_dim_on(model, tap: str, size: int, device: torch.device) -> tuple[int, ...]:
-    if device.type == "cpu":
-        return tap_dim(model, tap, size)
-    with torch.inference_mode():
-        x = torch.zeros(1, 3, size, size, device=device)
-        return tuple(tap_features(model, x, tap).shape[1:])
 
 
 # --- the data side ------------------------------------------------------------------------
@@ -433,7 +422,6 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
     from .data import Manifest, load
 
     manifest = data if isinstance(data, Manifest) else load(data)
-    tap = "+".join(parse_tap(tap))
     cheap = weights_identity(backbone, weights)
     if cheap:
         release, wpath, weights_sha = cheap
@@ -441,7 +429,7 @@ def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None,
     else:  # not a plain release (e.g. a fine-tuned model folder): load it to know it
         loaded = load_backbone(backbone, weights)
         release, weights_sha = loaded[0], loaded[2]
-    check_tap(release, tap)
+    tap = "+".join(release.parse_tap(tap))
     identity = {"manifest_hash": manifest.hash(), "release": release.name, "weights_sha256": weights_sha,
                 "tap": tap, "preprocess": release.preprocess.to_dict(), "dtype": dtype, "flip": bool(flip_tta)}
     writer = open_for_extract(store, identity)

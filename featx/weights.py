@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .backbone import VGG16, from_state_dict
 from .errors import FeatxError
 from .importers import META_CHANNELS, Imported, for_release, read_bytes_h5, read_file, read_safetensors
 from .releases import Release, get_release
@@ -133,7 +132,7 @@ def write_canonical(
     from . import __version__
 
     sd, flipped = for_release(imp, release)
-    from_state_dict(sd)  # refuse weights the backbone cannot load, before touching the cache
+    release.family.build(sd)  # refuse weights the backbone cannot load, before touching the cache
     path = weights_dir() / release.filename
     meta = {"featx_release": release.name, META_CHANNELS: release.preprocess.channels, "featx_format": "canonical-v1"}
     atomic_write(path, lambda p: save_canonical_file(sd, p, meta))
@@ -483,7 +482,7 @@ def resolve_release(backbone: str | Path) -> tuple[Release, Path | None]:
     return get_release(str(backbone)), None
 
 
-def load_backbone(backbone: str | Path, weights: str | Path | None = None) -> tuple[Release, VGG16, str]:
+def load_backbone(backbone: str | Path, weights: str | Path | None = None) -> tuple[Release, "torch.nn.Module", str]:
     """Release name or fine-tuned folder (+ optional weights FILE) -> (release, eval-mode model, weights sha256).
 
     FILE may be a canonical safetensors file or any format `featx weights import` reads.
@@ -499,7 +498,7 @@ def load_backbone(backbone: str | Path, weights: str | Path | None = None) -> tu
         sd = read_safetensors(path).state_dict
     else:
         sd, sha = load_weights(release, weights)
-    return release, from_state_dict(sd, fc=release.has_fc), sha
+    return release, release.family.build(sd), sha
 
 
 __all__ = [

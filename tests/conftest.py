@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from featx.backbone import VGG16
+from featx.backbones.vgg16 import VGG16
 
 TINY_WIDTHS = (4, 8, 8, 16, 16)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

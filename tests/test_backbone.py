@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from featx.backbone import CONV_NAMES, VGG16, from_state_dict, parse_tap, tap_dim, tap_features
+from featx.backbones import forward_taps, get_family, parse_tap, tap_dim, tap_features
+from featx.backbones.vgg16 import CONV_NAMES, VGG16, from_state_dict
 from featx.errors import FeatxError
 
 from conftest import TINY_WIDTHS, tiny_state_dict
@@ -31,7 +32,7 @@ def test_tap_shapes_and_values():
     model = from_state_dict(tiny_state_dict(fc=True))
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
-        maps = model.maps(x)
+        maps = forward_taps(model, x, {"pool4", "pool5"})
         p4, p5 = maps["pool4"], maps["pool5"]
         assert p4.shape == (3, 16, 4, 4) and p5.shape == (3, 16, 2, 2)
         assert torch.equal(tap_features(model, x, "pool5-gap"), p5.mean((2, 3)))
@@ -51,20 +52,32 @@ def test_resume_from_pool4_equals_full_forward():
     model = from_state_dict(tiny_state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        full = model.maps(x)
-        assert torch.equal(model.maps(full["pool4"], start=5)["pool5"], full["pool5"])
+        full = forward_taps(model, x, {"pool3", "pool4", "pool5"})
+        assert torch.equal(forward_taps(model, full["pool4"], {"pool5"}, start="pool4")["pool5"], full["pool5"])
+        assert torch.equal(tap_features(model, full["pool3"], "pool5", start="pool3"), full["pool5"])
 
 
-@pytest.mark.parametrize("bad", ["", "pool3-gap", "pool5-mean", "pool4+pool5-gap"])
+@pytest.mark.parametrize("bad", ["", "pool6-gap", "pool5-mean", "pool4+pool5-gap", "fc6-gap", "embedding"])
 def test_bad_taps_are_refused(bad):
-    model = VGG16(TINY_WIDTHS)
     with pytest.raises(FeatxError):
-        tap_features(model, torch.zeros(1, 3, 32, 32), bad)
+        parse_tap(bad, "vgg16")
+
+
+def test_taps_come_from_the_registry():
+    fam = get_family("vgg16")
+    assert [t.name for t in fam.taps] == ["pool1", "pool2", "pool3", "pool4", "pool5", "fc6", "fc7"]
+    assert fam.tap("pool4").channels == 512 and fam.tap("pool4").reduction == 16
+    names = fam.tap_names(has_fc=False)
+    assert "pool4-gapmax" in names and "pool4-flat" in names and "fc6" not in names
+    for t in names:  # everything listed parses, and nothing else is listed
+        assert parse_tap(t, "vgg16", has_fc=False) == [t]
+    with pytest.raises(FeatxError, match="no fc weights"):
+        parse_tap("fc7", "vgg16", has_fc=False)
 
 
 def test_fc_tap_needs_fc_weights():
     model = from_state_dict(tiny_state_dict(fc=False))
-    with pytest.raises(FeatxError, match="no fc6"):
+    with pytest.raises(FeatxError, match="no stage 'fc6'"):
         tap_features(model, torch.zeros(1, 3, 32, 32), "fc6")
     assert parse_tap("pool4-gap + pool5-gapmax") == ["pool4-gap", "pool5-gapmax"]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from featx.backbone import from_state_dict, tap_features
+from featx.backbones import tap_features
+from featx.backbones.vgg16 import from_state_dict
 from featx.releases import get_release
 from featx.weights import sha256_file
 from featx_cli.main import main

@@ -22,7 +22,8 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from featx.backbone import BLOCKS, CONV_NAMES
+from featx.backbones import forward_taps
+from featx.backbones.vgg16 import BLOCKS, CONV_NAMES
 from featx.errors import FeatxError
 from featx.importers import detect_format, read_file
 from featx.importers.common import Layer, assemble
@@ -141,10 +142,8 @@ def image_batch(seed: int = 7) -> torch.Tensor:
 
 def featx_outputs(model, x: torch.Tensor) -> dict:
     with torch.no_grad():
-        pool5 = model.maps(x)["pool5"]
-        out = {"pool5": pool5.double().numpy()}
-        if model.has_fc:
-            out.update({k: v.double().numpy() for k, v in model.fc(pool5).items()})
+        names = {"pool5", "fc6", "fc7"} if model.has_fc else {"pool5"}
+        out = {k: v.double().numpy() for k, v in forward_taps(model, x, names).items()}
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..backbone import CONV_NAMES
+from ..backbones.vgg16 import CONV_NAMES
 from ..errors import FeatxError
 
 _CONV_PATTERNS = (

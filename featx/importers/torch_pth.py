@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbone import CONV_NAMES
+from ..backbones.vgg16 import CONV_NAMES
 from ..errors import FeatxError
 from .common import Layer
 
