@@ -33,12 +33,14 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a frozen base once over a dataset into a Zarr feature store (idempotent, resumable)."""
-    from featx.cluster import extract_on_cluster as run  # no --cluster/--scheduler: featx.extract.extract
-    from featx.extract import summary_line
+    from featx.extract import ExtractOptions, extract as run, summary_line
 
-    s = run(data, backbone, store, cluster=cluster, scheduler=scheduler, tap=tap, weights=weights,
-            batch_size=batch_size, device=device, precision=precision, workers=workers, flip_tta=flip_tta,
-            dtype=dtype, compile=compile, progress=not quiet, rows_per_shard=rows_per_shard)
+    opts = ExtractOptions(tap=tap, weights=weights, batch_size=batch_size, device=device, precision=precision,
+                          workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile, progress=not quiet,
+                          rows_per_shard=rows_per_shard, cluster=cluster, scheduler=scheduler)
+    s = run(data, backbone, store, opts)
+    if s.get("note"):
+        typer.echo(s["note"])
     typer.echo(summary_line(s))
     for item in s.get("skipped_first", [])[:10]:
         typer.echo(f"  skipped {item['path']}: {item['reason']}")

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .errors import FeatxError
 
-__all__ = ["extract_on_cluster", "parse_cluster", "feature_array", "LocalSpec", "start_local",
+__all__ = ["Dask", "extract_on_cluster", "parse_cluster", "feature_array", "LocalSpec", "start_local",
            "run_shard", "worker_stats"]
 
 CONNECT_TIMEOUT_S = 30  # --scheduler: how long to wait for the scheduler and its first worker
@@ -182,8 +181,9 @@ def get_extractor(spec: dict):
         for key, ex in _EXTRACTORS.values():
             if _fits(key, spec):
                 return ex
-        ex = Extractor(spec["backbone"], spec["weights"], tap=spec["tap"], device=spec["device"],
-                       precision=spec["precision"], dtype=spec["dtype"], flip=spec["flip"], compile=spec["compile"])
+        ex = Extractor(spec["backbone"], weights=spec["weights"], tap=spec["tap"], device=spec["device"],
+                       precision=spec["precision"], dtype=spec["dtype"], flip_tta=spec["flip"],
+                       compile=spec["compile"])
         if spec["weights_sha256"] and ex.weights_sha256 != spec["weights_sha256"]:
             raise FeatxError(f"the weights this worker loaded (sha256 {ex.weights_sha256:.12}) are not the "
                              f"driver's ({spec['weights_sha256']:.12}); give every worker the same --weights file")
@@ -204,12 +204,7 @@ def worker_stats(dask_worker=None) -> dict:
 
 def probe(spec: dict) -> dict:
     """Load the base on a worker (it stays cached there) and say what it computes."""
-    from .extract import describe_device, versions
-
-    ex = get_extractor(spec)
-    return {"release": ex.release.name, "release_info": ex.release.to_dict(), "weights_sha256": ex.weights_sha256,
-            "preprocess": ex.preprocess.to_dict(), "dim": list(ex.dim), "precision": ex.precision,
-            "device_type": ex.device.type, "device": describe_device(ex.device), "versions": versions()}
+    return get_extractor(spec).info()
 
 
 def cpu_threads(host_threads: dict) -> int:
@@ -243,7 +238,7 @@ def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
 
     writer = StoreWriter.open(store)
     k = writer.shard_index(start, stop)
-    if bool(writer.group["done"][k]):
+    if writer.unit_done(k):
         return {"shard": k, "rows": 0, "skipped": 0, "wall_s": 0.0, "already_done": True}
     ex = get_extractor(spec)
     if ex.device.type == "cpu" and spec.get("set_threads"):
@@ -253,7 +248,8 @@ def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
         workers = 0  # a daemonic dask worker may not start DataLoader processes
     if workers and spec.get("set_threads"):
         _fast_decode_processes()
-    stats = run_unit(writer, start, stop, extractor=ex, batch_size=spec["batch_size"], workers=workers)
+    stats = run_unit(writer, start, stop, extractor=ex, root=spec.get("root"), batch_size=spec["batch_size"],
+                     workers=workers)
     _STATS["units"] += 1
     _STATS["rows"] += stats["rows"]
     _STATS["decode_processes"] = max(_STATS["decode_processes"], workers)
@@ -288,170 +284,112 @@ def _task_error(k: int, fut) -> FeatxError:
     return FeatxError(f"shard {k} failed: {why}; finished shards are kept, rerun the same command to resume")
 
 
-def extract_on_cluster(data, backbone: str, store, *, cluster: str | LocalSpec | None = None,
-                       scheduler: str | None = None, client=None, tap: str = "pool5-gap", weights=None,
-                       batch_size: int | None = None, device: str = "auto", precision: str = "auto",
-                       workers: int | None = None, flip_tta: bool = False, dtype: str = "float16",
-                       compile: bool = False, progress: bool = True, rows_per_shard: int | None = None,
-                       rows_per_chunk: int | None = None, retries: int = 2) -> dict:
-    """featx.extract.extract on dask.distributed: same arguments, same store, same summary.
+def extract_on_cluster(data, backbone: str, store, *, client=None, **kw) -> dict:
+    """featx.extract.extract on dask.distributed (cluster="local:N", scheduler="tcp://HOST:PORT" or a
+    distributed.Client); with none of the three it runs in this process. Same store, same summary."""
+    from .extract import extract
 
-    cluster: "local:N" (N single-threaded worker processes here; on a GPU machine one per GPU, "local" = all
-    GPUs) or None; scheduler: "tcp://HOST:PORT" of a running cluster; client: a distributed.Client to use.
-    With none of the three, runs featx.extract.extract in this process.
-    workers: DataLoader decode processes per dask worker (default 0 on CPU, a few per GPU worker).
-    """
-    from . import extract as fx
+    return extract(data, backbone, store, client=client, **kw)
 
-    if cluster not in (None, "") and scheduler:
-        raise FeatxError("use --cluster (start a local cluster) or --scheduler (join one), not both")
-    if client is None and cluster in (None, "") and not scheduler:
-        return fx.extract(data, backbone, store, tap=tap, weights=weights, batch_size=batch_size, device=device,
-                          precision=precision, workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
-                          progress=progress, rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
-    spec_local = parse_cluster(cluster) if isinstance(cluster, str) else cluster
-    t0 = time.perf_counter()
-    if dtype not in fx.DTYPES:
-        raise FeatxError(f"unknown dtype {dtype!r}; use float16 or float32")
-    if precision not in fx.PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r}; use {', '.join(fx.PRECISIONS)}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise FeatxError(f"unknown device {device!r} for a cluster; use auto, cpu or cuda (each worker "
-                         "uses the GPU it is pinned to)")
-    if batch_size is not None and batch_size < 1:
-        raise FeatxError("--batch-size must be at least 1")
-    wstore = _worker_store(store)
-    in_process_only = wstore.startswith("memory://")
-    if in_process_only and client is None:
-        raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
-    from .data import Manifest, load
-    from .store import create, open_for_extract
 
-    manifest = data if isinstance(data, Manifest) else load(data)
+class Dask:
+    """The dask.distributed distributor: one task per unfinished shard, the model loaded once per worker."""
 
-    def identity_for(release, sha) -> dict:
-        return {"manifest_hash": manifest.hash(), "release": release, "weights_sha256": sha, "tap": tap,
-                "preprocess": None, "dtype": dtype, "flip": bool(flip_tta)}
+    def __init__(self, opts, client=None):
+        self.opts, self.client = opts, client
+        self.local = parse_cluster(opts.cluster) if isinstance(opts.cluster, str) else opts.cluster
+        if opts.device not in ("auto", "cpu", "cuda"):
+            raise FeatxError(f"unknown device {opts.device!r} for a cluster; use auto, cpu or cuda (each worker "
+                             "uses the GPU it is pinned to)")
+        self.stack = contextlib.ExitStack()
+        self.where = self.cluster_info = None
+        self.spec: dict = {}
 
-    cheap = fx.weights_identity(backbone, weights)
-    writer = None
-    if cheap:
-        release, wpath, sha = cheap
-        tap = "+".join(release.parse_tap(tap))
-        identity = {**identity_for(release.name, sha), "preprocess": release.preprocess.to_dict()}
-        writer = open_for_extract(wstore, identity)
-        if writer is not None:
-            fx.check_precision(writer, precision)
-            if writer.is_complete():
-                return fx.complete_summary(writer, t0)
-
-    weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
-    with connect(spec_local, scheduler, device=device, client=client) as (c, info):
-        if in_process_only and not info.get("in_process"):
-            raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
-        workers_info = c.scheduler_info(n_workers=-1)["workers"]
-        resources = gpu_resources(workers_info, device)
+    def __enter__(self) -> "Dask":
+        self.c, self.info = self.stack.enter_context(connect(self.local, self.opts.scheduler,
+                                                             device=self.opts.device, client=self.client))
+        workers_info = self.c.scheduler_info(n_workers=-1)["workers"]
+        self.resources = gpu_resources(workers_info, self.opts.device)
         host_threads: Counter = Counter()
         for w in workers_info.values():
             host_threads[w.get("host")] += int(w.get("nthreads") or 1)
-        gpu = bool(resources) or bool(info.get("gpus"))
-        token = uuid.uuid4().hex[:8]
-        spec = {"backbone": backbone, "weights": weights_arg, "weights_sha256": cheap[2] if cheap else None,
-                "tap": tap, "device": device, "dtype": dtype, "flip": bool(flip_tta), "compile": compile,
-                "precision": writer.attrs["precision"] if writer is not None else precision,
-                "host_threads": dict(host_threads), "set_threads": not info.get("in_process")}
-        got = c.submit(probe, spec, key=f"featx-probe-{token}", pure=False, retries=retries,
-                       resources=resources).result()
-        spec["precision"], spec["weights_sha256"] = got["precision"], got["weights_sha256"]
-        if not cheap:  # e.g. a fine-tuned model folder: the worker told us what it is
-            identity = {**identity_for(got["release"], got["weights_sha256"]), "preprocess": got["preprocess"]}
-            writer = open_for_extract(wstore, identity)
-            if writer is not None and writer.is_complete():
-                return fx.complete_summary(writer, t0)
-        if writer is not None:
-            fx.check_precision(writer, got["precision"])
-        on_gpu = got["device_type"] == "cuda"
-        spec["batch_size"] = batch_size or (128 if on_gpu else 32)
-        if workers is None:  # decode processes per GPU worker; CPU workers decode in their own thread
-            workers = 0
-            if on_gpu:
-                n_local = max(1, info.get("n_workers") or 1)
-                workers = max(1, min(12, (os.cpu_count() or 2) // n_local - 1)) if info.get("local") else 4
-        spec["workers"] = workers
-        n_workers = len(c.scheduler_info(n_workers=-1)["workers"])
-        where = f"{n_workers} dask worker(s){' (1 GPU each)' if gpu and on_gpu else ''}: {got['device']}"
-        if writer is None:
-            provenance = {
-                "weights_file": str(cheap[1]) if cheap else str(backbone),
-                "release_info": got["release_info"],
-                "precision": got["precision"],
-                "device": got["device"],
-                "versions": got["versions"],
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": {"data": str(data) if not isinstance(data, Manifest) else None, "backbone": backbone},
-                "cluster": {"scheduler": info["scheduler"], "n_workers": n_workers},
-            }
-            writer = create(wstore, manifest=manifest, identity=identity, provenance=provenance,
-                            dim=tuple(got["dim"]), rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
-        if list(writer.attrs["dim"]) != list(got["dim"]):
-            raise FeatxError(f"store {writer.name} has features of shape {writer.attrs['dim']}, "
-                             f"the model makes {got['dim']}")
-        stats = _run_units(c, writer, wstore, spec, resources, retries, token, progress)
-        per_worker = {a: s for a, s in c.run(worker_stats, on_error="return").items() if isinstance(s, dict)}
+        self.n_workers = len(workers_info)
+        self.token = uuid.uuid4().hex[:8]
+        o = self.opts
+        self.spec = {"weights": str(Path(o.weights).expanduser().resolve()) if o.weights else None,
+                     "weights_sha256": None, "tap": o.tap, "device": o.device, "dtype": o.dtype,
+                     "flip": bool(o.flip_tta), "compile": o.compile, "precision": o.precision,
+                     "host_threads": dict(host_threads), "set_threads": not self.info.get("in_process")}
+        self.cluster_info = {"scheduler": self.info["scheduler"], "n_workers": self.n_workers}
+        return self
 
-    run = {"rows": stats["rows"], "wall_s": round(stats["wall_s"], 3),
-           "images_per_s": round(stats["rows"] / stats["wall_s"], 2) if stats["wall_s"] > 0 else None,
-           "device": where, "precision": spec["precision"], "batch_size": spec["batch_size"], "workers": workers,
-           "compile": compile, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "cluster": {"scheduler": info["scheduler"], "n_workers": n_workers, "units": stats["units"]}}
-    attrs = fx.finish(writer, run)
-    if stats["error"] is not None:
-        raise stats["error"]
-    return {"store": writer.name, "n": writer.n, "computed": stats["rows"], "skipped_now": stats["skipped"],
-            "skipped": int(attrs.get("skipped", {}).get("count", 0)),
-            "skipped_first": attrs.get("skipped", {}).get("first", []),
-            "already_complete": False, "wall_s": time.perf_counter() - t0, "compute_wall_s": stats["wall_s"],
-            "images_per_s": run["images_per_s"], "device": where, "precision": spec["precision"],
-            "units": stats["units"], "units_already_done": stats["already_done"], "n_workers": n_workers,
-            "scheduler": info["scheduler"], "per_worker": per_worker}
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def load(self, backbone: str, loaded=None) -> dict:
+        """Load the base on a worker (it stays cached there) and learn what it computes."""
+        self.spec["backbone"] = backbone
+        got = self.c.submit(probe, self.spec, key=f"featx-probe-{self.token}", pure=False,
+                            retries=self.opts.retries, resources=self.resources).result()
+        self.spec.update(precision=got["precision"], weights_sha256=got["weights_sha256"], tap=got["tap"])
+        self.on_gpu = got["device_type"] == "cuda"
+        gpu = bool(self.resources) or bool(self.info.get("gpus"))
+        self.where = f"{self.n_workers} dask worker(s){' (1 GPU each)' if gpu and self.on_gpu else ''}: {got['device']}"
+        return got
+
+    def decode_workers(self) -> int:
+        """Decode processes per GPU worker; CPU workers decode in their own thread."""
+        if self.opts.workers is not None:
+            return self.opts.workers
+        if not self.on_gpu:
+            return 0
+        n_local = max(1, self.info.get("n_workers") or 1)
+        return max(1, min(12, (os.cpu_count() or 2) // n_local - 1)) if self.info.get("local") else 4
+
+    def run(self, writer, units, root: str, advance) -> dict:
+        wstore = _worker_store(writer.name)
+        if wstore.startswith("memory://") and not self.info.get("in_process"):
+            raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
+        spec = {**self.spec, "root": root, "batch_size": self.opts.batch_size or (128 if self.on_gpu else 32),
+                "workers": self.decode_workers()}
+        stats = _run_units(self.c, writer, wstore, units, spec, self, advance)
+        per_worker = {a: s for a, s in self.c.run(worker_stats, on_error="return").items() if isinstance(s, dict)}
+        return {**stats, "batch_size": spec["batch_size"], "workers": spec["workers"], "n_workers": self.n_workers,
+                "scheduler": self.info["scheduler"], "per_worker": per_worker,
+                "cluster": {**self.cluster_info, "units": stats["units"]}}
 
 
-def _run_units(c, writer, wstore: str, spec: dict, resources, retries: int, token: str, progress: bool) -> dict:
-    """Submit one task per unfinished shard; advance one bar as they complete. Never raises mid-way:
+def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance) -> dict:
+    """Submit one task per unfinished shard; advance as they complete. Never raises mid-way:
     returns the first task error in "error" so the driver can record what was done."""
     from distributed import as_completed
 
-    from .extract import progress_bar
-
-    units = writer.plan_units()
     t = time.perf_counter()
     futures = {}
     for start, stop in units:
         k = writer.shard_index(start, stop)
-        f = c.submit(run_shard, wstore, start, stop, spec, key=f"featx-shard-{k:06d}-{token}", pure=False,
-                     retries=retries, resources=resources)
+        f = c.submit(run_shard, wstore, start, stop, spec, key=f"featx-shard-{k:06d}-{d.token}", pure=False,
+                     retries=d.opts.retries, resources=d.resources)
         futures[f] = (k, start, stop)
     rows = skipped = done_units = already = 0
     error = None
-    todo = sum(b - a for a, b in units)
     try:
-        with progress_bar(progress, writer.n, writer.n - todo, "extract (dask)") as advance:
-            for f in as_completed(list(futures), loop=c.loop):
-                k, start, stop = futures[f]
-                if f.status != "finished":
-                    error = _task_error(k, f)
-                    break
-                r = f.result()
-                rows += r["rows"]
-                skipped += r["skipped"]
-                already += bool(r.get("already_done"))
-                done_units += not r.get("already_done")
-                advance(stop - start)
+        for f in as_completed(list(futures), loop=c.loop):
+            k, start, stop = futures[f]
+            if f.status != "finished":
+                error = _task_error(k, f)
+                break
+            r = f.result()
+            rows += r["rows"]
+            skipped += r["skipped"]
+            already += bool(r.get("already_done"))
+            done_units += not r.get("already_done")
+            advance(stop - start)
     finally:
         pending = [f for f in futures if not f.done()]
         if pending:
             c.cancel(pending)
-    return {"rows": rows, "skipped": skipped, "units": done_units, "already_done": already,
+    return {"rows": rows, "skipped": skipped, "units": done_units, "units_already_done": already,
             "wall_s": time.perf_counter() - t, "error": error}
 
 
@@ -463,9 +401,7 @@ def feature_array(store, flip: bool = False):
     Works on stores larger than memory, e.g. `feature_array(s)[idx].mean(axis=0).compute()`.
     `store` is a path, URL or an open featx.store.FeatureStore (which must be finished).
     """
-    import dask.array as da
-
     from .store import FeatureStore
 
     fs = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-    return da.from_zarr(fs.array(flip)).astype(np.float32)
+    return fs.dask_array(flip)

@@ -1,13 +1,14 @@
-"""Run a frozen base once over a dataset into a feature store: fast, resumable, never mixed.
+"""The one extraction runner: reader -> backbone -> writer, composed once; a distributor decides where.
 
-Pipeline: DataLoader workers decode (featx.images.open_rgb) and resize/crop (release.preprocess)
-to uint8; the device normalises exactly as Preprocess.to_tensor does, runs the model
-(channels_last, bf16/fp16 autocast where the hardware has it, inference_mode), and a writer
-thread assembles each shard and writes it, then its marker, while the next batches compute.
+    extract(data, "vgg16.hed", "cache/features/utk.zarr", tap="pool5-gap")
+    extract(data, "vgg16.hed", "s3://b/utk.zarr", ExtractOptions(cluster="local:4"))
 
-For a distributed runner (dask): `plan_units(store)` lists unfinished shards;
-each task builds an `Extractor` once and calls `run_unit(store, start, stop, extractor=...)`;
-the coordinator calls `finish(store, ...)` at the end.
+Reader (featx.reader): DataLoader workers decode and resize/crop to uint8. Backbone (`Extractor`):
+the device normalises exactly as Preprocess.to_tensor does and runs the model (channels_last,
+bf16/fp16 autocast where the hardware has it, inference_mode). Writer (`ShardSink`): a thread
+assembles each shard and writes it, its checksum, then its marker, while the next batches compute.
+Distributors run the unfinished units: `InProcess` here, `featx.cluster.Dask` on dask.distributed.
+Argument checks, the writer lock, provenance, the run record and the summary live here only.
 """
 
 from __future__ import annotations
@@ -19,98 +20,91 @@ import platform
 import queue
 import threading
 import time
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .backbones import tap_dim, tap_features
+from .device import (AUTOCAST, PRECISIONS, autocast, cpu_flags, cpu_has_bf16, describe_device,  # noqa: F401
+                     resolve_device, resolve_precision)
 from .errors import FeatxError
-from .images import ImageError, open_rgb
-from .releases import RELEASES, Preprocess
-from .store import StoreWriter, create, open_for_extract, plan_units, read_strings  # noqa: F401 (plan_units re-exported)
+from .progress import progress_bar
+from .reader import ImageRows, digests, make_loader, unit_batches  # noqa: F401
+from .releases import Preprocess, RELEASES
+from .store import StoreWriter, create, open_for_extract, plan_units, writer_lock  # noqa: F401
 from .weights import load_backbone, read_record, sha256_file, weights_dir
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = ("float16", "float32")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-__all__ = ["extract", "Extractor", "run_unit", "plan_units", "finish", "resolve_device", "resolve_precision"]
-
-
-# --- device and precision -------------------------------------------------------------------
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise FeatxError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatxError("--device cuda asked for, but torch sees no CUDA GPU")
-    return torch.device(device)
+__all__ = ["extract", "ExtractOptions", "Extractor", "InProcess", "run_unit", "plan_units", "finish",
+           "resolve_device", "resolve_precision", "summary_line"]
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Everything `featx extract` takes besides the data, the backbone and the store."""
+
+    tap: str = "pool5-gap"
+    weights: str | None = None
+    batch_size: int | None = None  # 32 on CPU, 128 on GPU
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None  # decode processes (default: by device)
+    flip_tta: bool = False
+    dtype: str = "float16"
+    compile: bool = False
+    progress: bool = True
+    rows_per_shard: int | None = None
+    rows_per_chunk: int | None = None
+    cluster: str | None = None  # "local" / "local:N"
+    scheduler: str | None = None  # "tcp://HOST:PORT"
+    retries: int = 2
+
+    def check(self) -> None:
+        if self.dtype not in DTYPES:
+            raise FeatxError(f"unknown dtype {self.dtype!r}; use float16 or float32")
+        if self.precision not in PRECISIONS:
+            raise FeatxError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise FeatxError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise FeatxError(f"--workers must be 0 or more, not {self.workers}")
+        if self.cluster not in (None, "") and self.scheduler:
+            raise FeatxError("use --cluster (start a local cluster) or --scheduler (join one), not both")
+
+    @property
+    def distributed(self) -> bool:
+        return self.cluster not in (None, "") or bool(self.scheduler)
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmul on this CPU (AVX512-BF16 or AMX); emulated bf16 would be slower than fp32."""
-    flags = cpu_flags()
-    return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & flags)
+def options(opts: ExtractOptions | None = None, **kw) -> ExtractOptions:
+    """ExtractOptions from an object and/or keyword overrides (unknown names refused)."""
+    names = {f.name for f in fields(ExtractOptions)}
+    bad = sorted(set(kw) - names)
+    if bad:
+        raise TypeError(f"unknown extract option(s): {', '.join(bad)}")
+    o = replace(opts or ExtractOptions(), **kw)
+    o.check()
+    return o
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32."""
-    if precision not in PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        if device.type == "cpu" and precision == "fp16":
-            raise FeatxError("fp16 on CPU is slow and lossy; use --precision bf16 or fp32")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"cpu ({name}, {os.cpu_count()} cores)"
-
-
-# --- the model side -----------------------------------------------------------------------
+# --- the backbone side -----------------------------------------------------------------------
 
 class Extractor:
     """A loaded base ready to turn uint8 image batches [B, H, W, 3] into store-dtype features."""
 
-    def __init__(self, backbone: str, weights: str | Path | None = None, *, tap: str = "pool5-gap",
-                 device: str = "auto", precision: str = "auto", dtype: str = "float16",
-                 flip: bool = False, compile: bool = False, loaded=None):
-        self.release, model, self.weights_sha256 = loaded or load_backbone(backbone, weights)
-        self.tap = "+".join(self.release.parse_tap(tap))
+    def __init__(self, backbone: str, opts: ExtractOptions | None = None, loaded=None, **kw):
+        o = options(opts, **kw)
+        self.release, model, self.weights_sha256 = loaded or load_backbone(backbone, o.weights)
+        self.tap = "+".join(self.release.parse_tap(o.tap))
         self.preprocess: Preprocess = self.release.preprocess
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        if dtype not in DTYPES:
-            raise FeatxError(f"unknown dtype {dtype!r}; use float16 or float32")
-        self.dtype, self.flip, self.compiled = dtype, flip, compile
+        self.device = resolve_device(o.device)
+        self.precision = resolve_precision(o.precision, self.device)
+        self.dtype, self.flip, self.compiled = o.dtype, o.flip_tta, o.compile
         model = model.eval().requires_grad_(False).to(self.device).to(memory_format=torch.channels_last)
         self.model = model
         self.dim = tap_dim(model, self.tap, self.preprocess.size, self.device)
@@ -118,7 +112,7 @@ class Extractor:
         self.mean = torch.tensor(p.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(p.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         fn = lambda x: tap_features(model, x, self.tap)  # noqa: E731
-        self.forward = torch.compile(fn, dynamic=False) if compile else fn
+        self.forward = torch.compile(fn, dynamic=False) if o.compile else fn
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
@@ -147,9 +141,7 @@ class Extractor:
         if self.compiled and pad_to and b < pad_to:  # fixed shapes: no recompiles on the last batch
             pad = torch.zeros((pad_to - b, *x.shape[1:]), dtype=x.dtype, device=x.device)
             x = torch.cat([x, pad.contiguous(memory_format=torch.channels_last)])
-        ctx = (torch.autocast(self.device.type, dtype=AUTOCAST[self.precision])
-               if self.precision in AUTOCAST else contextlib.nullcontext())
-        with ctx:
+        with autocast(self.device, self.precision):
             f = self.forward(x)
         f = f[: (2 * b if self.flip else b)].float()
         if self.dtype == "float16":
@@ -157,48 +149,12 @@ class Extractor:
         f = f.cpu().numpy()
         return (f[:b], f[b:]) if self.flip else (f, None)
 
-
-# --- the data side ------------------------------------------------------------------------
-
-class ImageRows(Dataset):
-    """Row i -> (i, uint8 [size, size, 3] resized and cropped, ok, reason). Failures give zeros."""
-
-    def __init__(self, root: str | Path, paths, preprocess: Preprocess):
-        self.root, self.paths, self.preprocess = Path(root), list(paths), preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        path = self.root / self.paths[i]
-        try:
-            img = self.preprocess.resize_crop(open_rgb(path))
-            return i, torch.from_numpy(np.array(img, dtype=np.uint8)), True, ""
-        except ImageError as e:
-            reason = e.reason
-        except Exception as e:  # a decoder bug must not stop a long run
-            reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
-        s = self.preprocess.size
-        return i, torch.zeros((s, s, 3), dtype=torch.uint8), False, reason
-
-
-def unit_batches(units: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Batches never straddle shards, so a resumed shard sees the very same batches."""
-    return [list(range(a, min(a + batch_size, stop))) for start, stop in units
-            for a in range(start, stop, batch_size)]
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-def make_loader(writer: StoreWriter, preprocess: Preprocess, units, batch_size: int, workers: int,
-                pin: bool) -> DataLoader:
-    g = writer.group
-    ds = ImageRows(writer.attrs["manifest_root"], read_strings(g["paths"]), preprocess)
-    return DataLoader(ds, batch_sampler=unit_batches(units, batch_size), num_workers=workers,
-                      pin_memory=pin, worker_init_fn=_worker_init if workers else None,
-                      prefetch_factor=4 if workers else None)
+    def info(self) -> dict:
+        """What this extractor computes, for provenance and for the driver of a distributed run."""
+        return {"release": self.release.name, "release_info": self.release.to_dict(),
+                "weights_sha256": self.weights_sha256, "preprocess": self.preprocess.to_dict(),
+                "tap": self.tap, "dim": list(self.dim), "precision": self.precision,
+                "device_type": self.device.type, "device": describe_device(self.device), "versions": versions()}
 
 
 # --- the writer thread ---------------------------------------------------------------------
@@ -242,13 +198,13 @@ class ShardSink:
         except BaseException as e:  # handed to the main thread at its next put
             self.error = e
 
-    def _add(self, rows: np.ndarray, feats, flips, ok: np.ndarray, reasons: list[str]) -> None:
+    def _add(self, rows: np.ndarray, feats, flips, ok: np.ndarray, reasons: list[str], digests: list[str]) -> None:
         start, stop = self.units[bisect.bisect_right(self.starts, int(rows[0])) - 1]
         buf = self.buffers.get(start)
         if buf is None:
             m, w = stop - start, self.writer
             buf = {"f": np.zeros((m, *w.dim), w.dtype), "ff": np.zeros((m, *w.dim), w.dtype) if w.flip else None,
-                   "ok": np.zeros(m, bool), "reason": [""] * m, "filled": 0}
+                   "ok": np.zeros(m, bool), "reason": [""] * m, "digest": [""] * m, "filled": 0}
             self.buffers[start] = buf
             self.peak_buffers = max(self.peak_buffers, len(self.buffers))
         pos = rows - start
@@ -256,32 +212,32 @@ class ShardSink:
         if buf["ff"] is not None:
             buf["ff"][pos] = flips
         buf["ok"][pos] = ok
-        for p, r in zip(pos, reasons):
-            buf["reason"][p] = r
+        for p, r, d in zip(pos, reasons, digests):
+            buf["reason"][p], buf["digest"][p] = r, d
         buf["filled"] += len(rows)
         if buf["filled"] == stop - start:
-            self.writer.write_unit(start, stop, buf["f"], buf["ok"], buf["reason"], buf["ff"])
+            self.writer.write_unit(start, stop, buf["f"], buf["ok"], buf["reason"], buf["ff"], buf["digest"])
             del self.buffers[start]
             self.shards_written += 1
 
 
 # --- running units --------------------------------------------------------------------------
 
-def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, int]], *,
+def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, int]], *, root: str | Path,
               batch_size: int = 32, workers: int = 0, on_rows: Callable[[int], None] | None = None) -> dict:
-    """Compute and write the given whole shards; returns {"rows", "skipped", "wall_s", "peak_shard_buffers"}."""
+    """Compute and write the given whole shards, reading images under `root`.
+    Returns {"rows", "skipped", "wall_s", "peak_shard_buffers"}."""
     t0 = time.perf_counter()
     if not units:
         return {"rows": 0, "skipped": 0, "wall_s": 0.0, "peak_shard_buffers": 0}
     for start, stop in units:
         writer.shard_index(start, stop)  # only whole shards: one writer per shard
-    loader = make_loader(writer, extractor.preprocess, units, batch_size, workers,
-                         pin=extractor.device.type == "cuda")
-    batches = iter(loader)  # start the workers before the writer thread exists
-    sink = ShardSink(writer, units)
+    rows_ds = ImageRows(root, writer.paths(), extractor.preprocess)
+    batches = iter(make_loader(rows_ds, units, batch_size, workers, pin=extractor.device.type == "cuda"))
+    sink = ShardSink(writer, units)  # started after the decode workers exist
     rows_done = skipped = 0
     try:
-        for rows, x, ok, reasons in batches:
+        for rows, x, ok, reasons, digs in batches:
             feats, flips = extractor(x, pad_to=batch_size)
             ok = ok.numpy().astype(bool)
             if not ok.all():
@@ -289,7 +245,7 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
                 if flips is not None:
                     flips[~ok] = 0
                 skipped += int((~ok).sum())
-            sink.put((rows.numpy(), feats, flips, ok, list(reasons)))
+            sink.put((rows.numpy(), feats, flips, ok, list(reasons), list(digs)))
             rows_done += len(rows)
             if on_rows:
                 on_rows(len(rows))
@@ -303,12 +259,13 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
             "peak_shard_buffers": sink.peak_buffers}
 
 
-def run_unit(store, start: int, stop: int, *, extractor: Extractor, batch_size: int = 32,
-             workers: int = 0) -> dict:
+def run_unit(store, start: int, stop: int, *, extractor: Extractor, root: str | Path | None = None,
+             batch_size: int = 32, workers: int = 0) -> dict:
     """One shard, start to marker: what a dask task calls. Never run two on the same shard."""
     writer = store if isinstance(store, StoreWriter) else StoreWriter.open(store)
     check_extractor(writer, extractor)
-    return run_units(writer, extractor, [(start, stop)], batch_size=batch_size, workers=workers)
+    root = root or writer.attrs["manifest_root"]
+    return run_units(writer, extractor, [(start, stop)], root=root, batch_size=batch_size, workers=workers)
 
 
 def check_precision(writer: StoreWriter, precision: str) -> None:
@@ -322,19 +279,14 @@ def check_precision(writer: StoreWriter, precision: str) -> None:
                      f"rerun with --precision {have} (features are never mixed)")
 
 
-def complete_summary(writer: StoreWriter, t0: float) -> dict:
-    """The summary of a run that found its store already complete."""
-    ok = np.asarray(writer.group["ok"][:], dtype=bool)
-    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": int((~ok).sum()),
-            "already_complete": True, "wall_s": time.perf_counter() - t0}
-
-
-def check_extractor(writer: StoreWriter, ex: Extractor) -> None:
-    """The extractor must make the features the store was created for."""
+def check_extractor(writer: StoreWriter, ex: Extractor | dict) -> None:
+    """The extractor (or its info()) must make the features the store was created for."""
+    info = ex.info() if isinstance(ex, Extractor) else ex
     a = writer.attrs
-    got = {"release": ex.release.name, "weights_sha256": ex.weights_sha256, "tap": ex.tap,
-           "preprocess": ex.preprocess.to_dict(), "dtype": ex.dtype, "flip": ex.flip,
-           "precision": ex.precision, "dim": list(ex.dim)}
+    got = {"release": info["release"], "weights_sha256": info["weights_sha256"], "tap": info["tap"],
+           "preprocess": info["preprocess"], "precision": info["precision"], "dim": list(info["dim"])}
+    if isinstance(ex, Extractor):
+        got.update(dtype=ex.dtype, flip=ex.flip)
     for k, v in got.items():
         want = a.get(k)
         if (list(want) if isinstance(want, (list, tuple)) else want) != (list(v) if isinstance(v, tuple) else v):
@@ -343,30 +295,45 @@ def check_extractor(writer: StoreWriter, ex: Extractor) -> None:
             raise FeatxError(f"store {writer.name} was made with {k} {want!r}, not {v!r}")
 
 
-def finish(store, run: dict | None = None) -> dict:
-    """Record a run's timings and, once every shard is written, the summary attrs (single coordinator)."""
-    writer = store if isinstance(store, StoreWriter) else StoreWriter.open(store)
-    runs = list(writer.attrs.get("runs", []))
-    if run and run.get("rows"):
-        runs.append(run)
-    values: dict[str, Any] = {"runs": runs}
-    if writer.is_complete():
-        ok = np.asarray(writer.group["ok"][:], dtype=bool)
-        bad = np.flatnonzero(~ok)
-        reasons = read_strings(writer.group["reason"], bad) if bad.size else []
-        paths = read_strings(writer.group["paths"], bad) if bad.size else []
-        wall = sum(r["wall_s"] for r in runs)
-        rows = sum(r["rows"] for r in runs)
-        values.update({
-            "complete": True,
-            "skipped": {"count": int(bad.size),
-                        "first": [{"row": int(i), "path": str(p), "reason": str(r)}
-                                  for i, p, r in list(zip(bad, paths, reasons))[:100]]},
-            "timings": {"wall_s": round(wall, 3), "rows": rows,
-                        "images_per_s": round(rows / wall, 2) if wall > 0 else None},
-        })
-    writer.update_attrs(values)
-    return writer.attrs
+# --- distributors ---------------------------------------------------------------------------
+
+class InProcess:
+    """Runs every unit in this process: one model, decode workers, one writer thread."""
+
+    def __init__(self, opts: ExtractOptions):
+        self.opts, self.extractor, self.where = opts, None, None
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.extractor = None
+
+    def load(self, backbone: str, loaded=None) -> dict:
+        self.extractor = Extractor(backbone, self.opts, loaded=loaded)
+        self.where = describe_device(self.extractor.device)
+        return self.extractor.info()
+
+    def run(self, writer: StoreWriter, units, root, advance) -> dict:
+        o, ex = self.opts, self.extractor
+        check_extractor(writer, ex)
+        batch = o.batch_size or (128 if ex.device.type == "cuda" else 32)
+        workers = default_workers(ex.device) if o.workers is None else o.workers
+        stats = run_units(writer, ex, units, root=root, batch_size=batch, workers=workers, on_rows=advance)
+        return {**stats, "units": len(units), "error": None, "batch_size": batch, "workers": workers}
+
+
+def default_workers(device: torch.device) -> int:
+    n = os.cpu_count() or 1
+    return max(1, min(12, n - 2)) if device.type == "cuda" else max(1, min(4, n // 4))
+
+
+def distributor(opts: ExtractOptions, client=None):
+    if client is None and not opts.distributed:
+        return InProcess(opts)
+    from .cluster import Dask
+
+    return Dask(opts, client)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -391,116 +358,179 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def default_workers(device: torch.device) -> int:
-    n = os.cpu_count() or 1
-    return max(1, min(12, n - 2)) if device.type == "cuda" else max(1, min(4, n // 4))
+@dataclass
+class Job:
+    """One extraction: what is asked, and the store as found."""
+
+    manifest: Any
+    backbone: str
+    store: Any
+    opts: ExtractOptions
+    identity: dict | None = None  # known before loading the model for plain releases
+    writer: StoreWriter | None = None
+    note: str = ""  # what a resume kept and recomputed
+    source: str | None = None  # the --data given, for provenance
+
+    def identity_for(self, info: dict) -> dict:
+        return {"manifest_hash": self.manifest.hash(), "release": info["release"],
+                "weights_sha256": info["weights_sha256"], "tap": info["tap"], "preprocess": info["preprocess"],
+                "dtype": self.opts.dtype, "flip": bool(self.opts.flip_tta)}
 
 
-def extract(data, backbone: str, store, *, tap: str = "pool5-gap", weights=None, batch_size: int | None = None,
-            device: str = "auto", precision: str = "auto", workers: int | None = None, flip_tta: bool = False,
-            dtype: str = "float16", compile: bool = False, progress: bool = True,
-            rows_per_shard: int | None = None, rows_per_chunk: int | None = None,
-            cluster: str | None = None, scheduler: str | None = None) -> dict:
-    """Extract features of every image in `data` into `store`; idempotent, resumable, refuses mixing.
-
-    data: anything featx.data.load accepts, or a Manifest. batch_size: 32 on CPU, 128 on GPU when None.
-    cluster ("local:N") or scheduler ("tcp://HOST:PORT"): run on dask instead (featx.cluster).
-    Returns a summary dict (see `summary_line`).
-    """
-    if cluster or scheduler:
-        from .cluster import extract_on_cluster
-
-        return extract_on_cluster(data, backbone, store, cluster=cluster, scheduler=scheduler, tap=tap,
-                                  weights=weights, batch_size=batch_size, device=device, precision=precision,
-                                  workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile,
-                                  progress=progress, rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
-    t0 = time.perf_counter()
-    if dtype not in DTYPES:
-        raise FeatxError(f"unknown dtype {dtype!r}; use float16 or float32")
-    if precision not in PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
+    """Load the manifest; for a plain release, find the existing store without loading the model."""
     from .data import Manifest, load
 
     manifest = data if isinstance(data, Manifest) else load(data)
-    cheap = weights_identity(backbone, weights)
+    job = Job(manifest, str(backbone), store, opts, source=None if isinstance(data, Manifest) else str(data))
+    cheap = weights_identity(job.backbone, opts.weights)
     if cheap:
-        release, wpath, weights_sha = cheap
-        loaded = None
-    else:  # not a plain release (e.g. a fine-tuned model folder): load it to know it
-        loaded = load_backbone(backbone, weights)
-        release, weights_sha = loaded[0], loaded[2]
-    tap = "+".join(release.parse_tap(tap))
-    identity = {"manifest_hash": manifest.hash(), "release": release.name, "weights_sha256": weights_sha,
-                "tap": tap, "preprocess": release.preprocess.to_dict(), "dtype": dtype, "flip": bool(flip_tta)}
-    writer = open_for_extract(store, identity)
-    if writer is not None and writer.is_complete():
-        check_precision(writer, precision)
-        return complete_summary(writer, t0)
+        release, _, sha = cheap
+        info = {"release": release.name, "weights_sha256": sha, "tap": "+".join(release.parse_tap(opts.tap)),
+                "preprocess": release.preprocess.to_dict()}
+        job.identity = job.identity_for(info)
+        job.writer = open_for_extract(store, job.identity)
+        if job.writer is not None:
+            check_precision(job.writer, opts.precision)
+    return job
 
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if writer is not None:
-        check_precision(writer, prec)
-    batch_size = batch_size or (128 if dev.type == "cuda" else 32)
-    if batch_size < 1:
-        raise FeatxError("--batch-size must be at least 1")
-    workers = default_workers(dev) if workers is None else workers
-    if loaded is None:
-        loaded = load_backbone(backbone, weights)
-        if loaded[2] != weights_sha:
-            raise FeatxError(f"weights file {wpath} changed while starting; run again")
-    ex = Extractor(backbone, tap=tap, device=str(dev), precision=prec, dtype=dtype, flip=flip_tta,
-                   compile=compile, loaded=loaded)
+
+def refresh(writer: StoreWriter, manifest) -> tuple[list[int], str]:
+    """Finished shards that must be computed again: damaged ones, and ones whose image files changed
+    since (their digests differ from the data given now). Returns (shards reset, one-line note)."""
+    stored = writer.row_hashes()
+    if not writer.checked or stored is None:
+        return [], ""  # a store from before featx 0.2: nothing to compare with
+    fs = writer.reader()
+    done = writer.done()
+    now = digests(manifest.root, manifest.paths, range(writer.n))
+    damaged, changed, images = [], [], 0
+    for k, (a, b) in enumerate(writer.shards):
+        if not done[k]:
+            continue
+        diff = sum(now[i] != stored[i] for i in range(a, b))
+        if diff:
+            changed.append(k)
+            images += diff
+        elif fs.check_unit(k):
+            damaged.append(k)
+    reset = sorted(damaged + changed)
+    writer.reset_units(reset)
+    if not reset:
+        return [], ""
+    kept = int(done.sum()) - len(reset)
+    return reset, (f"kept {kept} finished shard(s); recomputing {len(reset)}: {len(changed)} with "
+                   f"{images} changed image(s), {len(damaged)} damaged")
+
+
+def extract(data, backbone: str, store, opts: ExtractOptions | None = None, *, client=None, **kw) -> dict:
+    """Extract features of every image in `data` into `store`; idempotent, resumable, refuses mixing.
+
+    data: anything featx.data.load accepts, or a Manifest. Options: an ExtractOptions and/or its fields as
+    keywords (tap=, weights=, batch_size=, device=, precision=, cluster=, scheduler=, ...).
+    client: a distributed.Client to run on. Returns a summary dict (see `summary_line`).
+    """
+    t0 = time.perf_counter()
+    opts = options(opts, **kw)
+    if opts.distributed and client is None and str(store).startswith("memory://"):
+        raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
+    with writer_lock(store):
+        job = open_job(data, backbone, store, opts)
+        if job.writer is not None:
+            _, job.note = refresh(job.writer, job.manifest)
+            if job.writer.is_complete():
+                return complete_summary(job.writer, t0)
+        with distributor(opts, client) as d:
+            writer, info = start(job, d)
+            if writer.is_complete():
+                return complete_summary(writer, t0)
+            units = writer.plan_units()
+            todo = sum(b - a for a, b in units)
+            with progress_bar(opts.progress, writer.n, writer.n - todo, "extract") as advance:
+                stats = d.run(writer, units, str(job.manifest.root), advance)
+        return record(job, writer, info, stats, d.where, t0)
+
+
+def start(job: Job, d) -> tuple[StoreWriter, dict]:
+    """Load the model where the units will run; create the store (provenance first) when new."""
+    loaded = None
+    if job.identity is None:  # not a plain release (e.g. a fine-tuned model folder): load it to know it
+        loaded = load_backbone(job.backbone, job.opts.weights) if not job.opts.distributed else None
+    info = d.load(job.backbone, loaded)
+    if job.identity is not None and info["weights_sha256"] != job.identity["weights_sha256"]:
+        raise FeatxError(f"weights for {job.backbone} changed while starting; run again")
+    writer = job.writer
+    if writer is None and job.identity is None:
+        writer = open_for_extract(job.store, job.identity_for(info))
+        if writer is not None:
+            _, job.note = refresh(writer, job.manifest)
     if writer is None:
-        provenance = {
-            "weights_file": str(wpath) if cheap else str(backbone),
-            "release_info": release.to_dict(),
-            "precision": prec,
-            "device": describe_device(dev),
-            "versions": versions(),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": {"data": str(data) if not isinstance(data, Manifest) else None, "backbone": backbone},
-        }
-        writer = create(store, manifest=manifest, identity=identity, provenance=provenance, dim=ex.dim,
-                        rows_per_shard=rows_per_shard, rows_per_chunk=rows_per_chunk)
-    check_extractor(writer, ex)
-    units = writer.plan_units()
-    todo = sum(b - a for a, b in units)
-    bar = progress_bar(progress, writer.n, writer.n - todo)
-    with bar as (advance):
-        stats = run_units(writer, ex, units, batch_size=batch_size, workers=workers, on_rows=advance)
-    run = {"rows": stats["rows"], "wall_s": round(stats["wall_s"], 3),
-           "images_per_s": round(stats["rows"] / stats["wall_s"], 2) if stats["wall_s"] > 0 else None,
-           "device": describe_device(dev), "precision": prec, "batch_size": batch_size, "workers": workers,
-           "compile": compile, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        writer = create(job.store, manifest=job.manifest, identity=job.identity or job.identity_for(info),
+                        provenance=provenance(job, info, d), dim=tuple(info["dim"]),
+                        rows_per_shard=job.opts.rows_per_shard, rows_per_chunk=job.opts.rows_per_chunk)
+    check_extractor(writer, info)
+    return writer, info
+
+
+def provenance(job: Job, info: dict, d) -> dict:
+    return {
+        "weights_file": str(job.opts.weights or job.backbone),
+        "release_info": info["release_info"],
+        "precision": info["precision"],
+        "device": info["device"],
+        "versions": info["versions"],
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": {"data": job.source, "backbone": job.backbone},
+        **({"cluster": d.cluster_info} if getattr(d, "cluster_info", None) else {}),
+    }
+
+
+def record(job: Job, writer: StoreWriter, info: dict, stats: dict, where: str, t0: float) -> dict:
+    """The run record in the store, the summary attrs, and the summary; re-raises a unit's error after."""
+    o = job.opts
+    rate = round(stats["rows"] / stats["wall_s"], 2) if stats["wall_s"] > 0 else None
+    run = {"rows": stats["rows"], "wall_s": round(stats["wall_s"], 3), "images_per_s": rate, "device": where,
+           "precision": info["precision"], "batch_size": stats.get("batch_size"), "workers": stats.get("workers"),
+           "compile": o.compile, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           **({"cluster": stats["cluster"]} if stats.get("cluster") else {})}
     attrs = finish(writer, run)
+    if stats.get("error") is not None:
+        raise stats["error"]
+    skipped = attrs.get("skipped", {})
     return {"store": writer.name, "n": writer.n, "computed": stats["rows"], "skipped_now": stats["skipped"],
-            "skipped": int(attrs.get("skipped", {}).get("count", 0)),
-            "skipped_first": attrs.get("skipped", {}).get("first", []),
+            "skipped": int(skipped.get("count", 0)), "skipped_first": skipped.get("first", []),
             "already_complete": False, "wall_s": time.perf_counter() - t0, "compute_wall_s": stats["wall_s"],
-            "images_per_s": run["images_per_s"], "device": run["device"], "precision": prec,
-            "peak_shard_buffers": stats["peak_shard_buffers"]}
+            "images_per_s": rate, "device": where, "precision": info["precision"], "note": job.note,
+            "peak_shard_buffers": stats.get("peak_shard_buffers"), "units": stats.get("units"),
+            **{k: stats[k] for k in ("units_already_done", "n_workers", "scheduler", "per_worker") if k in stats}}
 
 
-@contextlib.contextmanager
-def progress_bar(show: bool, total: int, completed: int, label: str = "extract"):
-    """A rich bar with images/s and ETA on stderr; yields advance(k)."""
-    if not show:
-        yield lambda k: None
-        return
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
+def complete_summary(writer: StoreWriter, t0: float) -> dict:
+    """The summary of a run that found its store already complete."""
+    count, _ = writer.skipped(0)
+    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": count,
+            "already_complete": True, "wall_s": time.perf_counter() - t0}
 
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as p:
-        task = p.add_task("extract", total=total, completed=completed)
-        yield lambda k: p.advance(task, k)
+def finish(store, run: dict | None = None) -> dict:
+    """Record a run's timings and, once every shard is written, the summary attrs (single coordinator)."""
+    writer = store if isinstance(store, StoreWriter) else StoreWriter.open(store)
+    runs = list(writer.attrs.get("runs", []))
+    if run and run.get("rows"):
+        runs.append(run)
+    values: dict[str, Any] = {"runs": runs}
+    if writer.is_complete():
+        count, first = writer.skipped(100)
+        wall = sum(r["wall_s"] for r in runs)
+        rows = sum(r["rows"] for r in runs)
+        values.update({
+            "complete": True,
+            "skipped": {"count": count, "first": first},
+            "timings": {"wall_s": round(wall, 3), "rows": rows,
+                        "images_per_s": round(rows / wall, 2) if wall > 0 else None},
+        })
+    writer.update_attrs(values)
+    return writer.attrs
 
 
 def summary_line(s: dict) -> str:

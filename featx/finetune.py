@@ -87,8 +87,6 @@ def stream_blocks(store, idx: np.ndarray, block_rows: int, rng: np.random.Genera
     """
     cr = int(store.attrs["rows_per_chunk"])
     block = max(cr, block_rows // cr * cr)
-    arr = store.array()
-    farr = store.array(flip=True) if flip else None
     wanted = np.zeros(store.n, bool)
     wanted[idx] = True
     starts = [s for s in range(0, store.n, block) if wanted[s:s + block].any()]
@@ -99,11 +97,11 @@ def stream_blocks(store, idx: np.ndarray, block_rows: int, rng: np.random.Genera
         rows = s + np.flatnonzero(wanted[s:e])
         if rng is not None:
             rows = rng.permutation(rows)
-        x = np.asarray(arr[s:e], dtype=np.float32)[rows - s]
-        if farr is not None and rng is not None:
+        x = store.features(rows)
+        if flip and rng is not None:
             use = rng.random(len(rows)) < 0.5
             if use.any():
-                x[use] = np.asarray(farr[s:e], dtype=np.float32)[rows[use] - s]
+                x[use] = store.features(rows[use], flip=True)
         yield rows, x
 
 

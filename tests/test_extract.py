@@ -16,6 +16,7 @@ import pytest
 import torch
 import zarr
 
+import featx.device
 import featx.extract as fx
 from featx.data import load
 from featx.errors import FeatxError
@@ -47,7 +48,7 @@ def test_store_contents_and_provenance(csv_dataset, tiny_weights, tmp_path):
     assert fs.n == 40 and fs.dim == (16,) and fs.classes == ["female", "male"]
     np.testing.assert_array_equal(fs.labels, m.label_ids())
     assert list(fs.split) == m.splits and list(fs.paths) == m.paths and list(fs.extras["age"]) == m.extras["age"]
-    assert fs.ok.all() and fs.array().dtype == np.float16
+    assert fs.ok.all() and fs.attrs["dtype"] == "float16"
     a = fs.attrs
     assert a["release"] == "vgg16.hed" and a["tap"] == "pool5-gap" and a["dtype"] == "float16"
     assert a["precision"] == "fp32" and a["manifest_hash"] == m.hash()
@@ -57,7 +58,7 @@ def test_store_contents_and_provenance(csv_dataset, tiny_weights, tmp_path):
     assert set(a["versions"]) >= {"featx", "torch", "zarr"} and a["device"].startswith("cpu")
     assert a["timings"]["rows"] == 40 and a["timings"]["images_per_s"] > 0 and a["complete"]
     # the stored rows are the model's features of those images (fp16-rounded)
-    ex = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32")
+    ex = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32")
     want, _ = ex(batch_of(csv_dataset, 8, ex.preprocess))
     np.testing.assert_allclose(fs.features(np.arange(8)), want, rtol=2e-3, atol=1e-5)
     assert np.abs(want).max() > 0
@@ -135,8 +136,8 @@ def test_flip_tta_stores_features_of_the_mirrored_image(csv_dataset, tiny_weight
     extract(csv_dataset, "vgg16.hed", store, weights=tiny_weights, flip_tta=True, dtype="float32",
             precision="fp32", **TINY)
     fs = FeatureStore.open(store)
-    assert fs.has_flip and fs.array(flip=True).shape == (40, 16)
-    ex = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32")
+    assert fs.has_flip and fs.features(flip=True).shape == (40, 16)
+    ex = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32")
     x = batch_of(csv_dataset, 8, ex.preprocess)
     mirrored, _ = ex(x.flip(2))  # uint8 [B, H, W, 3]: axis 2 is the width
     np.testing.assert_allclose(fs.features(np.arange(8), flip=True), mirrored, rtol=1e-4, atol=1e-6)
@@ -144,7 +145,7 @@ def test_flip_tta_stores_features_of_the_mirrored_image(csv_dataset, tiny_weight
 
 
 def test_device_normalisation_equals_the_release_preprocess(csv_dataset, tiny_weights):
-    ex = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32")
+    ex = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32")
     m = load(csv_dataset)
     imgs = [open_rgb(m.abspath(i)) for i in range(4)]
     got = ex.normalize(torch.stack([torch.from_numpy(np.array(ex.preprocess.resize_crop(im))) for im in imgs]))
@@ -155,6 +156,7 @@ def test_device_normalisation_equals_the_release_preprocess(csv_dataset, tiny_we
 
 SLOW_RUN = """
 import sys, time
+import featx.device
 import featx.extract as fx
 call = fx.Extractor.__call__
 def slow(self, x, pad_to=None):
@@ -230,7 +232,7 @@ def test_memory_is_bounded_by_a_shard(csv_dataset, tiny_weights, tmp_path, monke
 def test_units_api_for_a_distributed_runner(csv_dataset, tiny_weights, tmp_path):
     """What issue 7 does per dask task: plan shards, run each with its own writer, then finish."""
     store = tmp_path / "f.zarr"
-    ex = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32")
+    ex = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32")
     m = load(csv_dataset)
     from featx.store import create
     ident = {"manifest_hash": m.hash(), "release": "vgg16.hed", "weights_sha256": ex.weights_sha256,
@@ -244,14 +246,14 @@ def test_units_api_for_a_distributed_runner(csv_dataset, tiny_weights, tmp_path)
     ref = tmp_path / "ref.zarr"
     extract(m, "vgg16.hed", ref, weights=tiny_weights, precision="fp32", dtype="float32", **TINY)
     np.testing.assert_array_equal(FeatureStore.open(store).features(), FeatureStore.open(ref).features())
-    wrong = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool4-gap")
+    wrong = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool4-gap")
     with pytest.raises(FeatxError, match="tap"):
         fx.run_unit(store, 0, 16, extractor=wrong)
 
 
 def test_bf16_matches_fp32_on_the_tiny_model(csv_dataset, tiny_weights):
-    e32 = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32")
-    e16 = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="bf16", dtype="float32")
+    e32 = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32")
+    e16 = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="bf16", dtype="float32")
     x = batch_of(csv_dataset, 16, e32.preprocess)
     a, _ = e32(x)
     b, _ = e16(x)
@@ -261,8 +263,8 @@ def test_bf16_matches_fp32_on_the_tiny_model(csv_dataset, tiny_weights):
 
 def test_bf16_matches_fp32_on_real_photos_with_real_weights(shared_utkface, real_hed_weights):
     path = real_hed_weights
-    e32 = Extractor("vgg16.hed", path, device="cpu", precision="fp32", dtype="float32")
-    e16 = Extractor("vgg16.hed", path, device="cpu", precision="bf16", dtype="float32")
+    e32 = Extractor("vgg16.hed", weights=path, device="cpu", precision="fp32", dtype="float32")
+    e16 = Extractor("vgg16.hed", weights=path, device="cpu", precision="bf16", dtype="float32")
     m = load(shared_utkface)
     pick = np.linspace(0, len(m) - 1, 32).astype(int)
     ds = ImageRows(m.root, [m.paths[i] for i in pick], e32.preprocess)
@@ -274,9 +276,9 @@ def test_bf16_matches_fp32_on_real_photos_with_real_weights(shared_utkface, real
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(fx, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(featx.device, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(fx, "cpu_flags", lambda: {"avx512f", "avx2"})
+    monkeypatch.setattr(featx.device, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(FeatxError):
@@ -297,8 +299,8 @@ def test_map_taps_store_full_maps_chunked_by_rows(csv_dataset, tiny_weights, tmp
     store = tmp_path / "maps.zarr"
     extract(csv_dataset, "vgg16.hed", store, weights=tiny_weights, tap="pool5", flip_tta=True, **TINY)
     fs = FeatureStore.open(store)
-    assert fs.dim == (16, 7, 7) and fs.array().shape == (40, 16, 7, 7)
-    assert fs.array().chunks[1:] == (16, 7, 7)  # whole rows per chunk
+    assert fs.dim == (16, 7, 7) and fs.dask_array().shape == (40, 16, 7, 7)
+    assert fs.dask_array().chunks[1:] == ((16,), (7,), (7,))  # whole rows per chunk
     assert fs.features([0, 39], flip=True).shape == (2, 16, 7, 7)
     assert sum(len(r) for r, _ in fs.iter_chunks()) == 40
 

@@ -148,7 +148,7 @@ def test_feature_store_reading_api(tmp_path):
         seen.extend(r)
     assert seen == sorted(train)
     assert sum(len(r) for r, _ in fs.iter_chunks()) == N
-    assert isinstance(fs.array(), zarr.Array) and fs.array(flip=True).shape == (N, 6)
+    assert fs.dask_array(flip=True).shape == (N, 6)
     with pytest.raises(IndexError):
         fs.features([N])
 
