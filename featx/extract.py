@@ -533,6 +533,29 @@ def finish(store, run: dict | None = None) -> dict:
     return writer.attrs
 
 
+def repair(store, data, opts: ExtractOptions | None = None, **kw) -> dict:
+    """Recompute only the shards of `store` that do not verify (or whose images changed), from `data`.
+
+    The store's own release, weights, tap, dtype, flip and precision are used; `opts` may add
+    runtime settings (device, batch size, workers, cluster)."""
+    from .store import verify
+
+    bad = [b["shard"] for b in verify(store)]
+    w = StoreWriter.open(store)
+    a = w.attrs
+    weights = a.get("weights_file") if a.get("weights_file") not in (None, a["command"].get("backbone")) else None
+    if weights and not Path(weights).is_file():
+        weights = None  # the cache file of a release: found again by name
+    with writer_lock(store, "featx store repair"):
+        w.reset_units(bad)
+    o = options(opts, **kw)
+    o = replace(o, tap=a["tap"], dtype=a["dtype"], flip_tta=bool(a["flip"]), precision=a["precision"],
+                weights=o.weights or weights)
+    s = extract(data, a["command"].get("backbone") or a["release"], store, o)
+    s["repaired"] = bad
+    return s
+
+
 def summary_line(s: dict) -> str:
     if s["already_complete"]:
         return (f"store {s['store']} is already complete ({s['n']} images, {s['skipped']} skipped); "

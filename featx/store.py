@@ -252,9 +252,16 @@ class StoreWriter:
         return FeatureStore(self.group, self.name)
 
     def reset_units(self, ks) -> None:
-        """Mark shards as not done, so the next run computes them again (repair, changed images)."""
-        for k in ks:
-            self.group["done"][int(k)] = False
+        """Mark shards as not done and drop their stored bytes, so the next run writes them afresh."""
+        from zarr.core.sync import sync
+
+        for k in map(int, ks):
+            self.group["done"][k] = False
+            for name in ("features", "features_flip", "ok", "reason", "row_hash"):
+                if name in self.group:
+                    arr = self.group[name]
+                    key = arr.metadata.chunk_key_encoding.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+                    sync(arr.store_path.store.delete(f"{arr.store_path.path}/{key}"))
 
     def update_attrs(self, values: dict) -> None:
         """Only the single coordinating process may call this (attrs are one object)."""
@@ -575,9 +582,13 @@ def _why(e: BaseException) -> str:
 def verify(store: StoreArg) -> list[dict]:
     """Every shard that does not verify: [{shard, rows, why}]; [] for a sound store."""
     fs = _open_for_verify(store)
+    try:
+        done = np.asarray(fs.group["done"][:], dtype=bool)
+    except Exception as e:
+        raise FeatxError(f"store {fs.name} is damaged ({_why(e)}); re-extract into a new --store") from None
     out = []
     for k in range(math.ceil(fs.n / fs.rows_per_shard)):
-        why = fs.check_unit(k)
+        why = fs.check_unit(k) if done[k] else "not computed yet (rerun the same `featx extract`)"
         if why:
             a, b = k * fs.rows_per_shard, min((k + 1) * fs.rows_per_shard, fs.n)
             out.append({"shard": k, "rows": [a, b], "why": why})
@@ -589,4 +600,7 @@ def _open_for_verify(store: StoreArg) -> FeatureStore:
     group = _open_group(store, "r")
     if group is None or not _is_featx(group):
         raise FeatxError(f"no featx store at {name}")
-    return FeatureStore(group, name)
+    try:
+        return FeatureStore(group, name)
+    except Exception as e:
+        raise FeatxError(f"store {name} is damaged ({_why(e)}); re-extract into a new --store") from None
