@@ -101,12 +101,16 @@ def test_each_head_learns_separable_data_and_records_its_choice(kind):
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(1), 1.0)
     assert (head.predict(Xte) == yte).mean() > 0.9
-    sel = head.selection
+    sel = head.selection_
     assert sel["on"] == "val"
     n_points = int(np.prod([len(v) for v in sel["grid"].values()]))
-    assert len(sel["results"]) == n_points >= 2
+    assert len(sel["results"]) == n_points >= 2 and head.cv_results_ == sel["results"]
     assert sel["chosen"] and all(sel["chosen"][k] in sel["grid"][k] for k in sel["chosen"])
-    assert head.get_params().items() >= sel["chosen"].items()
+    assert head.best_params_ == sel["chosen"]
+    assert all(getattr(head, f"{k}_") == v for k, v in sel["chosen"].items())  # e.g. head.C_
+    # get_params: constructor parameters only, never the fitted choice
+    assert set(head.get_params()) == set(type(head)._get_param_names())
+    assert not set(head.get_params()) & set(sel["chosen"])
 
 
 @pytest.mark.parametrize("kind", HEADS)
@@ -123,7 +127,8 @@ def test_saved_head_reloads_with_identical_predictions_and_no_pickle(kind, tmp_p
     assert type(again) is type(head)
     assert np.array_equal(again.predict_proba(Xte), head.predict_proba(Xte))
     assert np.array_equal(again.predict(Xte), head.predict(Xte))
-    assert again.chosen == head.chosen
+    assert again.best_params_ == head.best_params_
+    assert again.get_params() == head.get_params()
 
 
 @pytest.mark.parametrize("kind", ["logreg", "linear-svm", "rbf-svm", "sgd"])
@@ -143,13 +148,13 @@ def test_numpy_predictions_match_scikit_learn():
     X, y = separable(200, 16, 2, seed=4, shift=1.0)  # overlapping, so probabilities are not all 0/1
     Xtr, ytr, Xva, yva, Xte, _ = split_xy(X, y)
     lr = make_head("logreg").fit(Xtr, ytr, Xva, yva)
-    ref = LogisticRegression(C=lr.chosen["C"], max_iter=2000).fit(lr.scaler(Xtr), ytr)
-    np.testing.assert_allclose(lr.predict_proba(Xte), ref.predict_proba(lr.scaler(Xte)), atol=1e-9)
+    ref = LogisticRegression(C=lr.C_, max_iter=2000).fit(lr.scaler_(Xtr), ytr)
+    np.testing.assert_allclose(lr.predict_proba(Xte), ref.predict_proba(lr.scaler_(Xte)), atol=1e-9)
     svm = make_head("rbf-svm").fit(Xtr, ytr, Xva, yva)
-    ref = SVC(C=svm.chosen["C"], gamma=svm.chosen["gamma"]).fit(svm.scaler(Xtr), ytr)
-    np.testing.assert_allclose(svm._decision(svm.scaler(Xte))[:, 0], ref.decision_function(svm.scaler(Xte)),
+    ref = SVC(C=svm.C_, gamma=svm.gamma_).fit(svm.scaler_(Xtr), ytr)
+    np.testing.assert_allclose(svm._decision(svm.scaler_(Xte))[:, 0], ref.decision_function(svm.scaler_(Xte)),
                                atol=1e-8)
-    assert svm.get_params()["n_support"] == len(ref.support_)
+    assert svm.n_support_ == len(ref.support_)
 
 
 def test_platt_scaling_minimises_its_loss():
@@ -175,7 +180,7 @@ def test_platt_scaling_minimises_its_loss():
 def test_fit_without_validation_holds_out_part_of_train():
     X, y = separable(100, 8, 2)
     head = make_head("logreg").fit(X, y)
-    assert "holdout" in head.selection["on"]
+    assert "holdout" in head.selection_["on"]
     assert (head.predict(X) == y).mean() > 0.9
 
 
@@ -193,9 +198,10 @@ def test_unknown_head_and_parameter_are_one_line_errors():
 def test_grid_can_be_overridden_and_is_recorded():
     X, y = separable()
     head = make_head("rbf-svm", grid={"C": [0.5, 2.0]}).fit(X[:120], y[:120], X[120:160], y[120:160])
-    assert head.selection["grid"]["C"] == [0.5, 2.0]
-    assert head.selection["grid"]["gamma"] == [0.25 / 16, 1 / 16, 4 / 16]  # filled in from the dimension
-    assert len(head.selection["results"]) == 6
+    assert head.selection_["grid"]["C"] == [0.5, 2.0]
+    assert head.selection_["grid"]["gamma"] == [0.25 / 16, 1 / 16, 4 / 16]  # filled in from the dimension
+    assert len(head.selection_["results"]) == 6
+    assert head.get_params()["grid"] == {"C": [0.5, 2.0]}  # the constructor parameter is left as given
 
 
 def test_balanced_class_weight_predicts_the_rare_class_more_often():
@@ -222,7 +228,8 @@ def test_train_writes_a_card_with_provenance_selection_and_val_metrics(tmp_path)
         assert prov[key] == store.attrs[key], key
     assert card["head"] == "logreg" and card["classes"] == ["female", "male"] and card["positive"] == "male"
     assert card["selection"]["grid"]["C"] == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
-    assert card["selection"]["chosen"]["C"] == card["params"]["C"]
+    assert card["selection"]["chosen"]["C"] == card["fitted"]["C"]
+    assert "C" not in card["params"] and card["params"]["kind"] == "logreg"
     assert card["selection"]["on"] == "val split"
     assert card["training"]["n_train"] == len(store.indices("train"))
     assert card["training"]["n_val"] == len(store.indices("val"))
