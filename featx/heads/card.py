@@ -18,7 +18,7 @@ from .base import Head
 from .registry import get_head_class, head_classes
 
 CARD_FORMAT = "featx-head"
-CARD_VERSION = 2  # 2: constructor "params" and "fitted" choices apart, sha256 digests
+CARD_VERSION = 2  # 2: adds "fitted" (the choices made in fit) and the sha256 digests
 ARRAYS_FILE = "head.safetensors"
 CARD_FILE = "head.json"
 ARRAYS_DIGEST = "arrays_sha256"
@@ -55,12 +55,19 @@ def save_head(head: Head, out_dir: str | Path, card: dict) -> Path:
     atomic_write(out / ARRAYS_FILE, write_arrays)
     given = {k: v for k, v in card.items() if k not in (ARRAYS_DIGEST, CARD_DIGEST)}
     full = to_json({"format": CARD_FORMAT, "version": CARD_VERSION, **given, "head": head.kind,
-                    "params": {"kind": head.kind, **head.get_params()}, "fitted": head.fitted_params(),
+                    "params": params_record(head), "fitted": head.fitted_params(),
                     ARRAYS_DIGEST: sha["arrays"]})
     full[CARD_DIGEST] = card_digest(full)
     text = json.dumps(full, indent=2) + "\n"
     atomic_write(out / CARD_FILE, lambda tmp: tmp.write_text(text))
     return out
+
+
+def params_record(head: Head) -> dict:
+    """head.json "params": the constructor parameters, with the fitted choices alongside (C, gamma, hidden,
+    ...) as version 1 cards had them, for readers of card["params"]. Loading takes the constructor
+    parameters from here and the fitted ones from "fitted"."""
+    return {"kind": head.kind, **head.fitted_params(), **head.get_params()}
 
 
 def read_card(head_dir: str | Path) -> dict:
@@ -99,7 +106,7 @@ def load_head(head_dir: str | Path) -> tuple[Head, dict]:
     if want is not None:
         have = file_sha256(path)
         if have != want:
-            raise FeatxError(f"{ARRAYS_FILE} does not match its card (sha256 {have[:12]}, card says "
+            raise FeatxError(f"{path} does not match its card (sha256 {have[:12]}, card says "
                              f"{str(want)[:12]}); {DAMAGED}")
     try:
         arrays = load_file(str(path))
