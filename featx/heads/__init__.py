@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import FeatxError
 from .base import Head
-from .card import CARD_FILE, ARRAYS_FILE, CARD_FORMAT, CARD_VERSION, check_compatible, load_head, read_card, \
-    save_head, to_json
+from .card import (ARRAYS_FILE, CARD_FILE, CARD_FORMAT, CARD_VERSION, check_compatible, load_head, read_card,
+                   save_head, to_json)
 from .registry import HEADS, get_head_class, head_classes, make_head, register_head, unregister_head
 from . import linear, rbf, mlp, sgd  # noqa: F401,E402  built-in kinds, registered in this order
 
