@@ -67,21 +67,23 @@ def predict(
     head: Path = typer.Option(..., "--head", help="A folder written by `featx train-head`."),
     detect_faces: bool = typer.Option(False, "--detect-faces",
                                       help="Crop the largest face first (needs the extra featx\\[faces])."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
     batch_size: int = typer.Option(16, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),
 ) -> None:
     """Predict labels for new photos: preprocessing -> backbone -> tap -> head."""
-    from featx.heads.predict import predict_images
+    from featx.predict import iter_predictions
 
-    results = predict_images(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
-                             device=device)
+    results = []
+    for r in iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
+                              device=device):
+        results.append(r)
+        if as_json:  # JSON lines, streamed
+            print(json.dumps(r.to_dict()), flush=True)
     ok = [r for r in results if r.error is None]
-    if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
+    if not as_json:
         width = max([len(r.path) for r in ok] + [4])
         for r in ok:
             print(f"{r.path.ljust(width)}  {r.label}  {r.probability:.3f}")

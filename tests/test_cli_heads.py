@@ -106,7 +106,9 @@ def test_predict_with_a_corrupt_image_among_good_ones(tmp_path, stores, capsys, 
     code = main(["predict", "--head", str(tmp_path / "h"), str(new), "--weights", str(tiny_weights), "--json"])
     cap = capsys.readouterr()
     assert code == 0
-    out = json.loads(cap.out)
+    lines = cap.out.splitlines()
+    assert len(lines) == 3 and not cap.out.lstrip().startswith("[")  # JSON lines, not an array
+    out = [json.loads(line) for line in lines]  # one object per image, each on its own line
     assert [o.get("label") for o in out] == ["female", "male", None]  # folder: sorted file names
     assert "error" in out[2] and abs(sum(out[0]["probabilities"].values()) - 1) < 1e-9
 
@@ -147,7 +149,7 @@ def test_detect_faces(tmp_path, stores, capsys, tiny_weights, monkeypatch):
 
 def test_face_crops_on_real_photos(shared_utkface):
     pytest.importorskip("cv2")
-    from featx.heads.predict import FaceCropper
+    from featx.predict import FaceCropper
     from featx.images import open_rgb
 
     lines = shared_utkface.read_text().splitlines()[1:]
@@ -188,3 +190,52 @@ def test_real_store_extract_train_evaluate_predict(tmp_path, csv_dataset, tiny_w
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert [line.split()[1] for line in cap.out.splitlines()] == ["female", "male"]
+
+
+def test_predict_json_lines_are_streamed_as_results_come(tmp_path, stores, capsys, tiny_weights, monkeypatch):
+    import featx.predict as fp
+
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    a = make_image(tmp_path / "p" / "a.jpg", seed=500, cls=0)
+    bad = tmp_path / "p" / "b.jpg"
+    bad.write_bytes(b"not a jpeg")
+    c = make_image(tmp_path / "p" / "c.jpg", seed=501, cls=1)
+
+    # the API: a generator in input order; photo 2 is read only after result 1 came out
+    gen = fp.iter_predictions(tmp_path / "h", [a, c], weights=tiny_weights, batch_size=1)
+    first = next(gen)
+    assert (first.path, first.label) == (str(a), "female")
+    c.rename(tmp_path / "gone.jpg")
+    second = next(gen)
+    assert second.path == str(c) and second.error and list(gen) == []
+    (tmp_path / "gone.jpg").rename(c)
+
+    # the CLI: when photo 3 is read, lines 1 and 2 are already on stdout, one JSON object each
+    capsys.readouterr()
+    seen, read = [], fp.read_photo
+
+    def spy(pred, path, cropper):
+        if path == c:
+            seen.append(capsys.readouterr().out)
+        return read(pred, path, cropper)
+
+    monkeypatch.setattr(fp, "read_photo", spy)
+    assert main(["predict", "--head", str(tmp_path / "h"), str(a), str(bad), str(c), "--weights", str(tiny_weights),
+                 "--batch-size", "1", "--json"]) == 0
+    early = [json.loads(line) for line in seen[0].splitlines()]
+    assert [o["path"] for o in early] == [str(a), str(bad)] and "error" in early[1]
+    late = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["path"], o["label"]) for o in late] == [(str(c), "male")]
+
+    # batched: a bad photo between two good ones keeps its place
+    out = list(fp.iter_predictions(tmp_path / "h", [a, bad, c], weights=tiny_weights, batch_size=2))
+    assert [(o.path, o.label) for o in out] == [(str(a), "female"), (str(bad), None), (str(c), "male")]
+
+
+def test_old_import_path_of_the_inference_code_still_works():
+    import featx.heads.predict as old
+    import featx.predict as new
+
+    assert old.predict_images is new.predict_images and old.FaceCropper is new.FaceCropper
+    assert old.Prediction is new.Prediction and old.iter_predictions is new.iter_predictions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,12 +102,16 @@ def test_each_head_learns_separable_data_and_records_its_choice(kind):
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(1), 1.0)
     assert (head.predict(Xte) == yte).mean() > 0.9
-    sel = head.selection
+    sel = head.selection_
     assert sel["on"] == "val"
     n_points = int(np.prod([len(v) for v in sel["grid"].values()]))
-    assert len(sel["results"]) == n_points >= 2
+    assert len(sel["results"]) == n_points >= 2 and head.cv_results_ == sel["results"]
     assert sel["chosen"] and all(sel["chosen"][k] in sel["grid"][k] for k in sel["chosen"])
-    assert head.get_params().items() >= sel["chosen"].items()
+    assert head.best_params_ == sel["chosen"]
+    assert all(getattr(head, f"{k}_") == v for k, v in sel["chosen"].items())  # e.g. head.C_
+    # get_params: constructor parameters only, never the fitted choice
+    assert set(head.get_params()) == set(type(head)._get_param_names())
+    assert not set(head.get_params()) & set(sel["chosen"])
 
 
 @pytest.mark.parametrize("kind", HEADS)
@@ -123,7 +128,8 @@ def test_saved_head_reloads_with_identical_predictions_and_no_pickle(kind, tmp_p
     assert type(again) is type(head)
     assert np.array_equal(again.predict_proba(Xte), head.predict_proba(Xte))
     assert np.array_equal(again.predict(Xte), head.predict(Xte))
-    assert again.chosen == head.chosen
+    assert again.best_params_ == head.best_params_
+    assert again.get_params() == head.get_params()
 
 
 @pytest.mark.parametrize("kind", ["logreg", "linear-svm", "rbf-svm", "sgd"])
@@ -143,13 +149,13 @@ def test_numpy_predictions_match_scikit_learn():
     X, y = separable(200, 16, 2, seed=4, shift=1.0)  # overlapping, so probabilities are not all 0/1
     Xtr, ytr, Xva, yva, Xte, _ = split_xy(X, y)
     lr = make_head("logreg").fit(Xtr, ytr, Xva, yva)
-    ref = LogisticRegression(C=lr.chosen["C"], max_iter=2000).fit(lr.scaler(Xtr), ytr)
-    np.testing.assert_allclose(lr.predict_proba(Xte), ref.predict_proba(lr.scaler(Xte)), atol=1e-9)
+    ref = LogisticRegression(C=lr.C_, max_iter=2000).fit(lr.scaler_(Xtr), ytr)
+    np.testing.assert_allclose(lr.predict_proba(Xte), ref.predict_proba(lr.scaler_(Xte)), atol=1e-9)
     svm = make_head("rbf-svm").fit(Xtr, ytr, Xva, yva)
-    ref = SVC(C=svm.chosen["C"], gamma=svm.chosen["gamma"]).fit(svm.scaler(Xtr), ytr)
-    np.testing.assert_allclose(svm._decision(svm.scaler(Xte))[:, 0], ref.decision_function(svm.scaler(Xte)),
+    ref = SVC(C=svm.C_, gamma=svm.gamma_).fit(svm.scaler_(Xtr), ytr)
+    np.testing.assert_allclose(svm._decision(svm.scaler_(Xte))[:, 0], ref.decision_function(svm.scaler_(Xte)),
                                atol=1e-8)
-    assert svm.get_params()["n_support"] == len(ref.support_)
+    assert svm.n_support_ == len(ref.support_)
 
 
 def test_platt_scaling_minimises_its_loss():
@@ -175,7 +181,7 @@ def test_platt_scaling_minimises_its_loss():
 def test_fit_without_validation_holds_out_part_of_train():
     X, y = separable(100, 8, 2)
     head = make_head("logreg").fit(X, y)
-    assert "holdout" in head.selection["on"]
+    assert "holdout" in head.selection_["on"]
     assert (head.predict(X) == y).mean() > 0.9
 
 
@@ -193,9 +199,10 @@ def test_unknown_head_and_parameter_are_one_line_errors():
 def test_grid_can_be_overridden_and_is_recorded():
     X, y = separable()
     head = make_head("rbf-svm", grid={"C": [0.5, 2.0]}).fit(X[:120], y[:120], X[120:160], y[120:160])
-    assert head.selection["grid"]["C"] == [0.5, 2.0]
-    assert head.selection["grid"]["gamma"] == [0.25 / 16, 1 / 16, 4 / 16]  # filled in from the dimension
-    assert len(head.selection["results"]) == 6
+    assert head.selection_["grid"]["C"] == [0.5, 2.0]
+    assert head.selection_["grid"]["gamma"] == [0.25 / 16, 1 / 16, 4 / 16]  # filled in from the dimension
+    assert len(head.selection_["results"]) == 6
+    assert head.get_params()["grid"] == {"C": [0.5, 2.0]}  # the constructor parameter is left as given
 
 
 def test_balanced_class_weight_predicts_the_rare_class_more_often():
@@ -222,7 +229,9 @@ def test_train_writes_a_card_with_provenance_selection_and_val_metrics(tmp_path)
         assert prov[key] == store.attrs[key], key
     assert card["head"] == "logreg" and card["classes"] == ["female", "male"] and card["positive"] == "male"
     assert card["selection"]["grid"]["C"] == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
-    assert card["selection"]["chosen"]["C"] == card["params"]["C"]
+    assert card["selection"]["chosen"]["C"] == card["fitted"]["C"] == card["params"]["C"]
+    assert card["params"]["kind"] == "logreg" and card["params"]["n_classes"] == 2  # train() passes it
+    assert card["fitted"]["n_classes"] == 2
     assert card["selection"]["on"] == "val split"
     assert card["training"]["n_train"] == len(store.indices("train"))
     assert card["training"]["n_val"] == len(store.indices("val"))
@@ -309,3 +318,152 @@ def test_load_head_errors_are_one_line(tmp_path):
     (tmp_path / "bad" / "head.json").write_text('{"format": "featx-head", "version": 1, "head": "logreg"}')
     with pytest.raises(FeatxError, match="no head.safetensors"):
         load_head(tmp_path / "bad")
+
+
+# ---------- estimators, the shared search, the registry ----------
+
+def test_heads_are_scikit_learn_estimators():
+    from sklearn.base import clone
+    from sklearn.utils.validation import check_is_fitted
+
+    Xtr, ytr, Xva, yva, Xte, yte = split_xy(*separable())
+    head = make_head("linear-svm", seed=2, grid={"C": [1e-3, 1e-2]})
+    with pytest.raises(FeatxError, match="not fitted"):
+        head.predict(Xte)
+    head.fit(Xtr, ytr, Xva, yva)
+    check_is_fitted(head)
+    twin = clone(head)  # same constructor parameters, nothing fitted
+    assert twin.get_params() == head.get_params() and not hasattr(twin, "C_")
+    assert np.array_equal(twin.fit(Xtr, ytr, Xva, yva).predict_proba(Xte), head.predict_proba(Xte))
+    assert head.score(Xte, yte) == (head.predict(Xte) == yte).mean()  # ClassifierMixin
+    assert list(head.classes_) == [0, 1] and head.n_classes_ == 2 and head.n_classes is None
+    head.set_params(seed=5)
+    assert head.get_params()["seed"] == 5
+
+
+def test_grid_search_breaks_ties_by_log_loss_then_grid_order():
+    from featx.heads.select import best_point, grid_search
+
+    rows = {1: (0.90, 0.1), 2: (0.95, 0.3), 3: (0.95, 0.2), 4: (0.95, 0.2)}
+    search = grid_search({"C": [1, 2, 3, 4]}, lambda p: ({"w_": p["C"] * 10},
+                                                         {"score": rows[p["C"]][0], "val_log_loss": rows[p["C"]][1]}))
+    assert search.best == {"C": 3} and search.state == {"w_": 30}  # the fitted candidate, not a refit
+    assert [r["C"] for r in search.results] == [1, 2, 3, 4]
+    assert best_point(search.results, ("C",)) == {"C": 3}
+    two = grid_search({"gamma": [0.1, 0.2], "C": [1, 2]}, lambda p: ({}, {"score": 0.5}))
+    assert [(r["C"], r["gamma"]) for r in two.results] == [(1, 0.1), (1, 0.2), (2, 0.1), (2, 0.2)]
+    assert two.best == {"C": 1, "gamma": 0.1}
+
+
+@pytest.fixture
+def centroid_head():
+    """A whole new head kind in a few lines: the registry, train(), save and load take it as is."""
+    from dataclasses import dataclass
+
+    from featx.heads import Head, register_head, unregister_head
+    from featx.heads.base import log_loss, softmax
+
+    @register_head
+    @dataclass(eq=False, repr=False)
+    class CentroidHead(Head):
+        kind = "toy-centroid"
+        default_grid = {"shrink": [0.0, 1.0, 9.0]}
+        temperature: float = 1.0
+
+        def _fit_point(self, Z, y, Zv, yv, point):
+            cent = np.stack([Z[y == c].mean(0) for c in range(self.n_classes_)]) / (1 + point["shrink"])
+            p = softmax(-((Zv[:, None] - cent) ** 2).sum(-1) / self.temperature)
+            return {"centroids_": cent}, {"score": self._score(yv, p.argmax(1)), "val_log_loss": log_loss(yv, p)}
+
+        def _proba(self, Z):
+            return softmax(-((Z[:, None] - self.centroids_) ** 2).sum(-1) / self.temperature)
+
+        def _arrays(self):
+            return {"centroids": self.centroids_}
+
+        def _load(self, arrays):
+            self.centroids_ = arrays["centroids"]
+
+    yield CentroidHead
+    unregister_head("toy-centroid")
+
+
+def test_a_new_head_kind_is_one_registration(centroid_head, tmp_path):
+    from featx.heads import get_head_class, register_head
+
+    assert "toy-centroid" in HEADS and get_head_class("toy-centroid") is centroid_head
+    store = fake_store()
+    card = train(store, "toy-centroid", tmp_path / "h", params={"temperature": 2.0})
+    assert card["head"] == "toy-centroid" and card["params"]["temperature"] == 2.0
+    assert len(card["selection"]["results"]) == 3 and card["val_metrics"]["accuracy"] > 0.9
+    head, _ = load_head(tmp_path / "h")
+    te = store.indices("test")
+    assert head.shrink_ == card["fitted"]["shrink"] and (head.predict(store.X[te]) == store.labels[te]).mean() > 0.9
+    with pytest.raises(FeatxError, match="toy-centroid head has no parameter alpha; known: temperature"):
+        make_head("toy-centroid", alpha=1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_head(type("Other", (centroid_head,), {"kind": "logreg"}))
+
+
+# ---------- saved heads: compatibility, digests, permissions ----------
+
+V1 = sorted((Path(__file__).parent / "data" / "heads_v1").iterdir())
+
+
+@pytest.mark.parametrize("folder", V1, ids=[p.name for p in V1])
+def test_heads_saved_before_card_version_2_still_load(folder):
+    """Written by featx before heads became estimators: flat params, no digests."""
+    k = 2 if folder.name.startswith("bin") else 3
+    X, _ = separable(300, 16, k, seed=0 if k == 2 else 2, shift=1.2)
+    head, card = load_head(folder)
+    assert card["version"] == 1 and "card_sha256" not in card
+    assert head.best_params_ == card["selection"]["chosen"] and head.n_classes_ == k
+    want = np.asarray(json.loads((folder / "expected_proba.json").read_text()))
+    assert np.array_equal(head.predict_proba(X[np.arange(300) % 5 == 4]), want)
+
+
+def test_card_records_digests_and_loading_refuses_tampering(tmp_path):
+    import hashlib
+
+    train(fake_store(), "logreg", tmp_path / "h")
+    arrays, card_file = tmp_path / "h" / "head.safetensors", tmp_path / "h" / "head.json"
+    card = json.loads(card_file.read_text())
+    assert card["version"] == 2
+    assert card["arrays_sha256"] == hashlib.sha256(arrays.read_bytes()).hexdigest()
+    body = {k: v for k, v in card.items() if k != "card_sha256"}
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert card["card_sha256"] == hashlib.sha256(canon).hexdigest()
+
+    good = arrays.read_bytes()
+    arrays.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit of a coefficient
+    with pytest.raises(FeatxError) as e:
+        load_head(tmp_path / "h")
+    msg = str(e.value)
+    assert msg.startswith(f"{arrays} does not match its card (sha256 ") and "\n" not in msg
+    assert msg.endswith("the head was modified or damaged")
+    arrays.write_bytes(good)
+    load_head(tmp_path / "h")
+
+    for edit in (lambda c: c["fitted"].update(C=123.0), lambda c: c["classes"].reverse(),
+                 lambda c: c.pop("card_sha256")):
+        bad = json.loads(json.dumps(card))
+        edit(bad)
+        card_file.write_text(json.dumps(bad, indent=2))
+        with pytest.raises(FeatxError, match=r"head.json does not match its digest .*modified or damaged"):
+            load_head(tmp_path / "h")
+    card_file.write_text(json.dumps(card, indent=1))  # layout is free: the digest covers the content
+    load_head(tmp_path / "h")
+
+
+def test_saved_files_are_0644_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    head = head_for("logreg").fit(*split_xy(*separable())[:4])
+    old = os.umask(0o077)
+    try:
+        save_head(head, tmp_path / "h", {"classes": ["female", "male"]})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "h").iterdir()}
+    assert modes == {"head.json": 0o644, "head.safetensors": 0o644}

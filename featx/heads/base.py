@@ -1,4 +1,4 @@
-"""What every head shares: standardisation, grid selection, holdout split, Platt scaling.
+"""What every head shares: the Head estimator, standardisation, holdout split, Platt scaling.
 
 A head keeps its learned state as plain numpy arrays and predicts from them with numpy,
 so a head rebuilt from its saved arrays gives bit-identical predictions.
@@ -7,11 +7,14 @@ so a head rebuilt from its saved arrays gives bit-identical predictions.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import FeatxError
+from .select import Search, best_point, grid_search  # noqa: F401  (best_point: kept importable here)
 
 
 def as_2d(X) -> np.ndarray:
@@ -165,39 +168,59 @@ def safe_scale(var: np.ndarray) -> np.ndarray:
     return s
 
 
-class Head:
-    """Base class; subclasses set `kind`, `default_grid`, and implement _fit, _proba, arrays, from_arrays."""
+BASE_PARAMS = ("seed", "class_weight", "grid", "n_classes")
 
-    kind = ""
-    default_grid: dict[str, list] = {}
-    default_params: dict[str, Any] = {}
-    choice_metric: str | None = None  # None: accuracy (balanced accuracy with class_weight="balanced")
 
-    def __init__(self, seed: int = 0, class_weight: str | None = None, grid: dict | None = None,
-                 n_classes: int | None = None, **params):
-        unknown = set(params) - set(self.default_params)
-        if unknown:
-            raise FeatxError(f"{self.kind} head has no parameter {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(sorted(self.default_params)) or 'none'}")
-        class_weights(np.zeros(1, np.int64), 1, class_weight)  # validates the mode
-        self.seed = int(seed)
-        self.class_weight = None if class_weight in (None, "none") else class_weight
-        bad = set(grid or {}) - set(self.default_grid)
+@dataclass(eq=False, repr=False)
+class Head(ClassifierMixin, BaseEstimator):
+    """A scikit-learn style estimator that chooses its own hyperparameters on validation rows.
+
+    Constructor parameters (get_params): seed, class_weight (None or "balanced"), grid (overrides of
+    default_grid), n_classes (None: from the labels) and the kind's own settings, as dataclass fields.
+    fit() searches the grid with featx.heads.select.grid_search; fitted attributes end in "_":
+    scaler_, n_classes_, classes_, best_params_ and one `<key>_` per grid key (C_, gamma_, alpha_,
+    hidden_), grid_, cv_results_ (one row per grid point) and selection_ (what head.json records).
+
+    A subclass sets `kind` and `default_grid`, and implements _fit_point (one grid point on the
+    training rows -> fitted attributes and a result row), _proba, _arrays and _load. Decorate it
+    with @register_head and @dataclass(eq=False, repr=False).
+    """
+
+    kind: ClassVar[str] = ""
+    default_grid: ClassVar[dict[str, list | None]] = {}
+    choice_metric: ClassVar[str | None] = None  # None: accuracy (balanced accuracy with class_weight="balanced")
+
+    seed: int = 0
+    class_weight: str | None = None
+    grid: dict | None = None
+    n_classes: int | None = None
+
+    # --- constructor parameters ---
+    @classmethod
+    def settings(cls) -> list[str]:
+        """The kind's own constructor parameters, beyond seed, class_weight, grid and n_classes."""
+        return [n for n in cls._get_param_names() if n not in BASE_PARAMS]
+
+    def check_params(self) -> None:
+        """One-line errors for a bad class_weight or grid."""
+        class_weights(np.zeros(1, np.int64), 1, self.class_weight)  # validates the mode
+        bad = set(self.grid or {}) - set(self.default_grid)
         if bad:
             raise FeatxError(f"{self.kind} head has no grid for {', '.join(sorted(bad))}; "
                              f"it searches {', '.join(self.default_grid)}")
-        grid = {**self.default_grid, **(grid or {})}
-        self.grid = {k: None if v is None else list(v) for k, v in grid.items()}
-        if any(v is not None and not v for v in self.grid.values()):
+        if any(v is not None and len(list(v)) == 0 for v in (self.grid or {}).values()):
             raise FeatxError(f"{self.kind} head: every grid needs at least one value")
-        self.params = {**self.default_params, **params}
-        self.n_classes = n_classes
-        self.chosen: dict[str, Any] = {}
-        self.selection: dict[str, Any] = {}
-        self.scaler: Standardiser | None = None
 
-    # --- the public estimator API ---
+    def search_grid(self, dim: int) -> dict[str, list]:
+        """The grid searched: default_grid with the user's overrides, None entries filled for `dim` features."""
+        grid = {**self.default_grid, **(self.grid or {})}
+        return self._fill_grid({k: None if v is None else list(v) for k, v in grid.items()}, dim)
+
+    # --- estimator API ---
     def fit(self, X, y, X_val=None, y_val=None) -> "Head":
+        """Choose hyperparameters on (X_val, y_val), or on a 20% holdout of (X, y) when not given;
+        the chosen model is the one fitted on (X, y) alone."""
+        self.check_params()
         X, y = check_xy(X, y)
         on = "val"
         if X_val is None:
@@ -206,60 +229,104 @@ class Head:
             on = "holdout 20% of the training rows"
         else:
             X_val, y_val = check_xy(X_val, y_val)
-        self.n_classes = int(self.n_classes or max(y.max(), y_val.max()) + 1)
-        if self.n_classes < 2:
-            raise FeatxError("a head needs at least two classes")
+        self._set_classes(max(y.max(), y_val.max()) + 1)
         if len(np.unique(y)) < 2:
             raise FeatxError("the training rows hold only one class")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence chatter on tiny grids
             self._fit(X, y, X_val, y_val)
-        self.selection = {"on": on, "metric": self.choice_metric or self.metric_name, **self.selection}
+        self._selected_on(on)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        if self.scaler is None:
+        if getattr(self, "scaler_", None) is None:
             raise FeatxError(f"{self.kind} head is not fitted")
-        return self._proba(self.scaler(X))
+        return self._proba(self.scaler_(X))
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
 
-    def get_params(self) -> dict[str, Any]:
-        """JSON-ready hyperparameters: fixed ones, the chosen grid point, and what rebuilding needs."""
-        return {"kind": self.kind, "seed": self.seed, "class_weight": self.class_weight,
-                "n_classes": self.n_classes, "grid": self.grid, **self.params, **self.chosen}
+    # --- saving and rebuilding ---
+    def fitted_params(self) -> dict[str, Any]:
+        """JSON-ready fitted choices: n_classes and the chosen grid point (head.json "fitted")."""
+        return {"n_classes": self.n_classes_, **self.best_params_}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"scaler_mean": self.scaler.mean, "scaler_scale": self.scaler.scale, **self._arrays()}
+        return {"scaler_mean": self.scaler_.mean, "scaler_scale": self.scaler_.scale, **self._arrays()}
 
     @classmethod
-    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "Head":
-        p = dict(params)
-        fixed = {k: p[k] for k in cls.default_params if k in p}
-        head = cls(seed=p.get("seed", 0), class_weight=p.get("class_weight"), grid=p.get("grid"),
-                   n_classes=p.get("n_classes"), **fixed)
-        head.chosen = {k: p[k] for k in head.grid if k in p}
-        try:
-            head.scaler = Standardiser(arrays["scaler_mean"], arrays["scaler_scale"])
-            head._load(arrays)
-        except KeyError as e:
-            raise FeatxError(f"saved {cls.kind} head lacks array {e.args[0]!r}") from None
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], fitted: dict | None = None) -> "Head":
+        """A fitted head from constructor params, fitted choices and arrays. Cards before version 2
+        kept the fitted choices among the params: with fitted=None they are read from there."""
+        names = cls._get_param_names()
+        head = cls(**{k: params[k] for k in names if k in params})
+        if fitted is None:
+            fitted = {k: v for k, v in params.items() if k not in names and k != "kind"}
+            fitted["n_classes"] = params.get("n_classes")
+        head._restore(fitted, arrays)
         return head
 
-    # --- helpers for subclasses ---
+    def _restore(self, fitted: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.best_params_ = {k: fitted[k] for k in self.default_grid if k in fitted}
+        for k, v in self.best_params_.items():
+            setattr(self, f"{k}_", v)
+        try:
+            self.scaler_ = Standardiser(arrays["scaler_mean"], arrays["scaler_scale"])
+            self._load(arrays)
+        except KeyError as e:
+            raise FeatxError(f"saved {self.kind} head lacks array {e.args[0]!r}") from None
+        n = fitted.get("n_classes") or self.n_classes
+        if n is None:  # not recorded: as many as the head outputs
+            n = self._proba(np.zeros((1, len(self.scaler_.mean)))).shape[1]
+        self.n_classes_ = int(n)
+        self.classes_ = np.arange(self.n_classes_)
+
+    # --- for subclasses ---
     @property
     def metric_name(self) -> str:
         return "balanced_accuracy" if self.class_weight == "balanced" else "accuracy"
 
-    def score(self, y: np.ndarray, pred: np.ndarray) -> float:
+    def _score(self, y: np.ndarray, pred: np.ndarray) -> float:
         return selection_score(y, pred, self.class_weight == "balanced")
 
-    def record(self, results: list[dict], chosen: dict) -> None:
-        self.chosen = dict(chosen)
-        self.selection = {"grid": self.grid, "results": results, "chosen": dict(chosen)}
+    def _weight_mode(self) -> str | None:
+        """class_weight as scikit-learn takes it."""
+        return None if self.class_weight in (None, "none") else self.class_weight
+
+    def _set_classes(self, seen: int) -> None:
+        self.n_classes_ = int(self.n_classes or seen)
+        if self.n_classes_ < 2:
+            raise FeatxError("a head needs at least two classes")
+        self.classes_ = np.arange(self.n_classes_)
 
     def _fit(self, X, y, X_val, y_val) -> None:
+        """Standardise on the training rows, then search the grid."""
+        self.scaler_ = Standardiser.fit(X)
+        Z, Zv = self.scaler_(X), self.scaler_(X_val)
+        grid = self.search_grid(Z.shape[1])
+        self._record(grid_search(grid, lambda point: self._fit_point(Z, y, Zv, y_val, point)))
+
+    def _record(self, search: Search) -> None:
+        """Take the chosen candidate's fitted attributes and keep the search for head.json."""
+        self.grid_, self.cv_results_, self.best_params_ = search.grid, search.results, dict(search.best)
+        for k, v in search.best.items():
+            setattr(self, f"{k}_", v)
+        for k, v in search.state.items():
+            setattr(self, k, v)
+        self.selection_ = {"grid": search.grid, "results": search.results, "chosen": dict(search.best),
+                           **self._selection_notes()}
+
+    def _selected_on(self, on: str) -> None:
+        self.selection_ = {"on": on, "metric": self.choice_metric or self.metric_name, **self.selection_}
+
+    def _fill_grid(self, grid: dict, dim: int) -> dict[str, list]:
+        return grid
+
+    def _selection_notes(self) -> dict[str, Any]:
+        """Extra facts for head.json's selection (calibration, device, ...)."""
+        return {}
+
+    def _fit_point(self, Z, y, Zv, yv, point: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
 
     def _proba(self, Z: np.ndarray) -> np.ndarray:
@@ -270,14 +337,6 @@ class Head:
 
     def _load(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
-
-
-def best_point(results: list[dict], keys: tuple[str, ...]) -> dict:
-    """Highest score; ties go to the lower val_log_loss when recorded, then to the earliest grid point
-    (grids list the strongest regularisation first). Returns the grid point (the `keys` values)."""
-    best = max(range(len(results)),
-               key=lambda i: (results[i]["score"], -results[i].get("val_log_loss", 0.0), -i))
-    return {k: results[best][k] for k in keys}
 
 
 def log_loss(y: np.ndarray, proba: np.ndarray) -> float:

@@ -1,22 +1,25 @@
 """Logistic regression by SGD over store chunks, so a store larger than memory trains in bounded memory.
 
 Pass 1 streams the training chunks for the mean and variance (Chan's parallel update).
-Then each epoch visits the chunks in a random order, a few at a time, shuffles those rows
-together and calls SGDClassifier.partial_fit. The validation log loss after each epoch
-drives early stopping and the choice of alpha.
+Then, for each alpha of the grid (the shared grid_search), each epoch visits the chunks in a random
+order, a few at a time, shuffles those rows together and calls SGDClassifier.partial_fit. The
+validation log loss after each epoch drives early stopping and the choice of alpha.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 from ..errors import FeatxError
-from .base import (Head, Standardiser, as_2d, best_point, binary_to_two, class_weights, holdout_split,
-                   ovr_normalise, safe_scale, sigmoid)
+from .base import (Head, Standardiser, as_2d, binary_to_two, class_weights, holdout_split, ovr_normalise,
+                   safe_scale, sigmoid)
+from .registry import register_head
+from .select import grid_search
 
 # (row indices, flip) -> iterator of (rows, features); rows index the label array
 Reader = Callable[[np.ndarray, bool], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -58,11 +61,39 @@ class RunningStats:
         return Standardiser(self.mean, safe_scale(self.m2 / self.n))
 
 
+def sgd_proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """One-vs-rest logistic outputs (SGDClassifier's log_loss), rows normalised to sum to 1."""
+    z = Z @ coef.T + intercept
+    if z.shape[1] == 1:
+        return binary_to_two(sigmoid(z[:, 0]))
+    return ovr_normalise(sigmoid(z))
+
+
+@dataclass
+class Stream:
+    """What one SGD fit reads: the chunk reader, labels, training chunk groups and the val rows."""
+
+    read: Reader
+    labels: np.ndarray
+    groups: list[np.ndarray]  # training rows of each stored chunk
+    flips: tuple[bool, ...]
+    val_idx: np.ndarray
+    weights: np.ndarray  # per-class sample weights
+
+    @property
+    def units(self) -> list[tuple[int, bool]]:
+        return [(g, f) for f in self.flips for g in range(len(self.groups))]
+
+
+@register_head
+@dataclass(eq=False, repr=False)
 class SGDHead(Head):
     kind = "sgd"
     default_grid = {"alpha": [1e-5, 1e-4, 1e-3]}
-    default_params = {"epochs": 10, "patience": 3, "mix_chunks": 8}
     choice_metric = "val_log_loss"  # score = -val_log_loss
+    epochs: int = 10
+    patience: int = 3
+    mix_chunks: int = 8
 
     def _fit(self, X, y, X_val, y_val) -> None:
         Xall = np.concatenate([X, X_val])
@@ -73,6 +104,7 @@ class SGDHead(Head):
     def fit_stream(self, read: Reader, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None = None,
                    flips: tuple[bool, ...] = (False,), on: str = "val") -> "SGDHead":
         """Fit from chunks: `read(idx, flip)` yields (rows, X); labels[rows] are the targets."""
+        self.check_params()
         labels = np.asarray(labels).astype(np.int64)
         train_idx = np.asarray(train_idx)
         if val_idx is None or len(val_idx) == 0:
@@ -82,11 +114,11 @@ class SGDHead(Head):
             raise FeatxError("no training rows")
         if len(np.unique(labels[train_idx])) < 2:
             raise FeatxError("the training rows hold only one class")
-        self.n_classes = int(self.n_classes or max(labels[train_idx].max(), labels[val_idx].max()) + 1)
+        self._set_classes(max(labels[train_idx].max(), labels[val_idx].max()) + 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._fit_stream(read, labels, np.sort(train_idx), np.sort(val_idx), tuple(flips))
-        self.selection = {"on": on, "metric": self.choice_metric, **self.selection}
+        self._selected_on(on)
         return self
 
     def _fit_stream(self, read: Reader, labels, train_idx, val_idx, flips) -> None:
@@ -101,64 +133,64 @@ class SGDHead(Head):
                     groups.append(np.asarray(rows))
         if stats.n == 0:
             raise FeatxError("no training rows")
-        self.scaler = stats.scaler()
-        weights = class_weights(labels[train_idx], self.n_classes, self.class_weight)
-        units = [(g, f) for f in flips for g in range(len(groups))]
-        results, fitted = [], []
-        for alpha in self.grid["alpha"]:
-            rng = np.random.default_rng(self.seed)
-            clf = SGDClassifier(loss="log_loss", alpha=alpha, random_state=self.seed)
-            best, best_epoch, bad, snap = float("inf"), 0, 0, None
-            for epoch in range(1, int(self.params["epochs"]) + 1):
-                order = rng.permutation(len(units))
-                mix = max(1, int(self.params["mix_chunks"]))
-                for s in range(0, len(order), mix):
-                    Xb, yb = [], []
-                    for flip in flips:
-                        sel = [groups[units[u][0]] for u in order[s:s + mix] if units[u][1] == flip]
-                        if not sel:
-                            continue
-                        for rows, X in read(np.sort(np.concatenate(sel)), flip):
-                            Xb.append(self.scaler(X))
-                            yb.append(labels[np.asarray(rows)])
-                    Xb, yb = np.concatenate(Xb), np.concatenate(yb)
-                    p = rng.permutation(len(yb))
-                    clf.partial_fit(Xb[p], yb[p], classes=np.arange(self.n_classes), sample_weight=weights[yb[p]])
-                self.coef = np.ascontiguousarray(clf.coef_, np.float64)
-                self.intercept = np.ascontiguousarray(clf.intercept_, np.float64)
-                loss, acc = self._val_loss(read, labels, val_idx)
-                if snap is None or loss < best - 1e-6:
-                    best, best_epoch, bad, snap = loss, epoch, 0, (self.coef.copy(), self.intercept.copy(), acc)
-                else:
-                    bad += 1
-                    if bad >= int(self.params["patience"]):
-                        break
-            results.append({"alpha": alpha, "score": -best, "val_log_loss": best, "epochs": best_epoch,
-                            "val_accuracy": snap[2]})
-            fitted.append(snap)
-        chosen = best_point(results, ("alpha",))
-        self.coef, self.intercept, _ = fitted[self.grid["alpha"].index(chosen["alpha"])]
-        self.record(results, chosen)
-        self.selection["streamed"] = {"chunks": len(groups), "flips": list(flips)}
+        self.scaler_ = stats.scaler()
+        weights = class_weights(labels[train_idx], self.n_classes_, self._weight_mode())
+        s = Stream(read, labels, groups, flips, val_idx, weights)
+        self._record(grid_search(self.search_grid(len(self.scaler_.mean)), lambda p: self._fit_alpha(s, p)))
+        self.selection_["streamed"] = {"chunks": len(groups), "flips": list(flips)}
 
-    def _val_loss(self, read, labels, val_idx) -> tuple[float, float]:
+    def _fit_alpha(self, s: Stream, point: dict) -> tuple[dict, dict]:
+        """Epochs of partial_fit with early stopping on the val log loss; the best epoch's weights."""
+        rng = np.random.default_rng(self.seed)
+        clf = SGDClassifier(loss="log_loss", alpha=point["alpha"], random_state=self.seed)
+        best, best_epoch, bad, snap = float("inf"), 0, 0, None
+        for epoch in range(1, int(self.epochs) + 1):
+            self._epoch(s, clf, rng)
+            coef = np.ascontiguousarray(clf.coef_, np.float64)
+            intercept = np.ascontiguousarray(clf.intercept_, np.float64)
+            loss, acc = self._val_loss(s, coef, intercept)
+            if snap is None or loss < best - 1e-6:
+                best, best_epoch, bad, snap = loss, epoch, 0, (coef.copy(), intercept.copy(), acc)
+            else:
+                bad += 1
+                if bad >= int(self.patience):
+                    break
+        return ({"coef_": snap[0], "intercept_": snap[1]},
+                {"score": -best, "val_log_loss": best, "epochs": best_epoch, "val_accuracy": snap[2]})
+
+    def _epoch(self, s: Stream, clf: SGDClassifier, rng: np.random.Generator) -> None:
+        """One pass over the training chunks, `mix_chunks` at a time, rows shuffled within each mix."""
+        units = s.units
+        order = rng.permutation(len(units))
+        mix = max(1, int(self.mix_chunks))
+        for start in range(0, len(order), mix):
+            Xb, yb = [], []
+            for flip in s.flips:
+                sel = [s.groups[units[u][0]] for u in order[start:start + mix] if units[u][1] == flip]
+                if not sel:
+                    continue
+                for rows, X in s.read(np.sort(np.concatenate(sel)), flip):
+                    Xb.append(self.scaler_(X))
+                    yb.append(s.labels[np.asarray(rows)])
+            Xb, yb = np.concatenate(Xb), np.concatenate(yb)
+            p = rng.permutation(len(yb))
+            clf.partial_fit(Xb[p], yb[p], classes=np.arange(self.n_classes_), sample_weight=s.weights[yb[p]])
+
+    def _val_loss(self, s: Stream, coef: np.ndarray, intercept: np.ndarray) -> tuple[float, float]:
         total, right, n = 0.0, 0, 0
-        for rows, X in read(val_idx, False):
-            y = labels[np.asarray(rows)]
-            p = self._proba(self.scaler(X))
+        for rows, X in s.read(s.val_idx, False):
+            y = s.labels[np.asarray(rows)]
+            p = sgd_proba(self.scaler_(X), coef, intercept)
             total -= float(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)).sum())
             right += int((p.argmax(1) == y).sum())
             n += len(y)
         return total / max(n, 1), right / max(n, 1)
 
     def _proba(self, Z: np.ndarray) -> np.ndarray:
-        z = Z @ self.coef.T + self.intercept
-        if z.shape[1] == 1:
-            return binary_to_two(sigmoid(z[:, 0]))
-        return ovr_normalise(sigmoid(z))
+        return sgd_proba(Z, self.coef_, self.intercept_)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": self.coef, "intercept": self.intercept}
+        return {"coef": self.coef_, "intercept": self.intercept_}
 
     def _load(self, arrays) -> None:
-        self.coef, self.intercept = arrays["coef"], arrays["intercept"]
+        self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
