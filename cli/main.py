@@ -52,7 +52,7 @@ def _interrupted(argv: list[str]) -> int:
 
 def _os_error(e: OSError) -> int:
     if e.errno == errno.EPIPE:  # `featx ... | head`: the reader left; say nothing more
-        sys.stdout = open(os.devnull, "w")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
     where = ": ".join(shown(os.fspath(f)) for f in (e.filename, e.filename2) if f is not None)
     cause = e.strerror or str(e) or type(e).__name__
@@ -63,10 +63,10 @@ def _os_error(e: OSError) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run featx with `argv` (default: the command line); return the exit code, never a traceback
     for usage errors, FeatxError, OS errors or Ctrl-C."""
-    from .app import app
-
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        from .app import app
+
         rv = app(args=argv, prog_name="featx", standalone_mode=False)
     except FeatxError as e:
         _say(f"error: {e}")

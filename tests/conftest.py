@@ -84,9 +84,9 @@ def real_hed_weights(tmp_path_factory) -> Path:
     import os
 
     from featx.errors import FeatxError
-    from featx.weights import get_weights, weights_dir
+    from featx.weights import canonical_path, get_weights
 
-    path = weights_dir() / "vgg16.hed.safetensors"
+    path = canonical_path("vgg16.hed")  # the user's cache, or ./cache/weights of older versions
     if path.is_file():
         return path
     d = tmp_path_factory.mktemp("hed-weights")
