@@ -10,13 +10,12 @@ from rich.table import Table
 
 from featx.errors import FeatxError
 
-from .main import app
+from . import checks
 
 
-@app.command("data")
 def data(
     data: Path = typer.Option(..., "--data", help="Class folder, CSV (path,label,...), CelebA root, UTKFace folder or a manifest."),
-    out: Path = typer.Option(..., "--out", help="Manifest CSV to write."),
+    out: Path = typer.Option(..., "--out", callback=checks.out_file, help="Manifest CSV to write."),
     attribute: str = typer.Option("Male", "--attribute", help="CelebA attribute used as the label."),
     seed: int = typer.Option(0, "--seed", help="Seed for the train/val/test split."),
     val: float = typer.Option(0.1, "--val", help="Validation fraction (ignored when the source has its own split)."),
@@ -27,45 +26,38 @@ def data(
     from featx import data as fdata
     from featx.images import check as check_image
 
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise FeatxError(f"--val and --test must be in [0, 1) with a sum below 1, got {val} and {test}")
+    ratios = fdata.ratios_from(val, test)
     if out.expanduser().resolve() == data.expanduser().resolve():
         raise FeatxError(f"--out {out} would overwrite the input data")
-    m = fdata.load(data, attribute=attribute, seed=seed, ratios=(1 - val - test, val, test))
     console = Console(highlight=False, soft_wrap=True)
+    m = fdata.load(data, attribute=attribute, seed=seed, ratios=ratios)
     for path, reason in m.skipped[:5]:
         console.print(f"skipped {path}: {reason}")
     if len(m.skipped) > 5:
         console.print(f"skipped {len(m.skipped) - 5} more files")
     if check:
-        bad = []
-        for i in range(len(m)):
-            reason = check_image(m.abspath(i))
-            if reason:
-                bad.append(i)
-                console.print(f"unreadable {m.paths[i]}: {reason}")
-        if bad:
-            keep = sorted(set(range(len(m))) - set(bad))
-            m = m.subset(keep)
-            console.print(f"left out {len(bad)} unreadable images")
-            if len(m.classes) < 2 or len(m) == 0:
-                raise FeatxError("fewer than two classes are left after leaving out unreadable images")
+        m = fdata.drop_unreadable(m, check_image, echo=console.print)
     leaks = fdata.leaked_groups(m)
     if leaks:
         console.print(f"warning: {len(leaks)} groups appear in more than one split, e.g. {', '.join(leaks[:3])}")
     m.write(out)
+    _print_counts(console, m, out)
+
+
+def _print_counts(console: Console, m, out: Path) -> None:
+    from featx.data import SPLITS
 
     counts = m.counts()
     console.print(f"{len(m)} images ({m.source}); split: {m.split_by}")
     table = Table()
     table.add_column("class")
-    for s in fdata.SPLITS:
+    for s in SPLITS:
         table.add_column(s, justify="right")
     table.add_column("total", justify="right")
     for c in m.classes:
-        row = [counts[s][c] for s in fdata.SPLITS]
+        row = [counts[s][c] for s in SPLITS]
         table.add_row(c, *map(str, row), str(sum(row)))
-    totals = [sum(counts[s].values()) for s in fdata.SPLITS]
+    totals = [sum(counts[s].values()) for s in SPLITS]
     table.add_row("all", *map(str, totals), str(len(m)))
     console.print(table)
     extra = f"; extras: {', '.join(m.extras)}" if m.extras else ""

@@ -6,26 +6,26 @@ from typing import Optional
 
 import typer
 
-from .main import app
+from . import checks
 
 
-@app.command("extract")
 def extract(
     backbone: str = typer.Option(..., "--backbone", help="Release name, e.g. vgg16.hed (see `featx weights list`)."),
     data: str = typer.Option(..., "--data", help="Class folder, CSV, CelebA/UTKFace root, or a manifest."),
-    store: str = typer.Option(..., "--store", help="Zarr store path or URL, e.g. cache/features/utk-vgg16hed.zarr."),
-    tap: str = typer.Option("pool5-gap", "--tap", help="pool4|pool5 with -gap|-max|-gapmax|-flat, fc6, fc7, "
-                            "bare pool4/pool5 maps; join with '+'."),
+    store: str = typer.Option(..., "--store", callback=checks.store_target, help="Zarr store path or URL, e.g. cache/features/utk-vgg16hed.zarr."),
+    tap: str = typer.Option("pool5-gap", "--tap", help="Where to read features: a tap of the release's family "
+                            "(`featx weights list` shows each release's), e.g. pool5-gap, pool4-gap+pool5-gap, "
+                            "embedding; map taps take -gap|-max|-gapmax|-flat; join several with '+'."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file: canonical safetensors or any "
                                           "`featx weights import` format (default: the cache)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 32 CPU, 128 GPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per batch (default 32 CPU, 128 GPU)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     precision: str = typer.Option("auto", "--precision", help="auto|bf16|fp16|fp32 (auto: bf16 where supported)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader decode workers (default: by device)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="DataLoader decode workers (default: by device)."),
     flip_tta: bool = typer.Option(False, "--flip-tta", help="Also store features of the mirrored image."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored dtype: float16|float32."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the base (pays off on long GPU runs)."),
-    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", hidden=True),
+    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", min=1, hidden=True),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Run on a local dask cluster: local:N worker "
                                           "processes (on a GPU machine one per GPU; `local` = all GPUs)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join a running dask cluster, e.g. "

@@ -11,18 +11,18 @@ import typer
 
 from featx.errors import FeatxError
 
-from .main import app
+from . import checks
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-@app.command("train-head")
 def train_head(
-    store: str = typer.Option(..., "--store", help="Feature store (folder or URL) made by `featx extract`."),
+    store: str = typer.Option(..., "--store", callback=checks.store_source,
+                              help="Feature store (folder or URL) made by `featx extract`."),
     head: str = typer.Option(..., "--head", help="logreg | linear-svm | rbf-svm | mlp | sgd"),
-    out: Path = typer.Option(..., "--out", help="Folder for the saved head, e.g. heads/gender."),
+    out: Path = typer.Option(..., "--out", callback=checks.out_dir, help="Folder for the saved head, e.g. heads/gender."),
     select_on: str = typer.Option("val", "--select-on", help="val (the store's val split) or holdout (20% of train)."),
     class_weight: Optional[str] = typer.Option(None, "--class-weight", help="balanced: weight classes by 1/frequency."),
     seed: int = typer.Option(0, "--seed"),
@@ -42,13 +42,13 @@ def train_head(
     print(f"saved {out} (head.safetensors, head.json)")
 
 
-@app.command("evaluate")
 def evaluate(
     head: Path = typer.Option(..., "--head", help="A folder written by `featx train-head`."),
-    store: str = typer.Option(..., "--store", help="Feature store of the same release and tap (any collection)."),
+    store: str = typer.Option(..., "--store", callback=checks.store_source,
+                              help="Feature store of the same release and tap (any collection)."),
     split: str = typer.Option("test", "--split", help="test | val | train | all"),
     by: Optional[str] = typer.Option(None, "--by", help="Manifest columns for per-group metrics, e.g. age,race."),
-    report: Optional[Path] = typer.Option(None, "--report",
+    report: Optional[Path] = typer.Option(None, "--report", callback=checks.out_dir,
                                           help="Report folder (default <head>/report-<store>-<split>)."),
 ) -> None:
     """Score a saved head on a feature store; write metrics.json, report.md and plots."""
@@ -61,14 +61,13 @@ def evaluate(
     print(f"report: {ctx['report']}/metrics.json, report.md, *.png")
 
 
-@app.command("predict")
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     head: Path = typer.Option(..., "--head", help="A folder written by `featx train-head`."),
     detect_faces: bool = typer.Option(False, "--detect-faces",
                                       help="Crop the largest face first (needs the extra featx\\[faces])."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),

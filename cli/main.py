@@ -1,47 +1,92 @@
-"""The `featx` command: a thin typer layer over the featx Python API."""
+"""The `featx` entry point: runs the typer app and turns every failure into one line and an exit code.
+
+Exit codes: 0 done; 1 a check failed where the command says so; 2 a usage error, a FeatxError or an
+OS error (the path and its cause); 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import errno
+import importlib
+import os
 import sys
 
-import click
 import typer
 
 from featx.errors import FeatxError
-
-app = typer.Typer(
-    help="featx: run a frozen VGG16/VGGFace base once into a Zarr feature store, then train heads in seconds.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from featx.paths import shown
 
 
-def not_built(command: str, issue: int) -> None:
-    raise FeatxError(f"`featx {command}` is not built yet (planned in issue #{issue})")
+def _click_classes(name: str) -> tuple[type, ...]:
+    """`name` from every click that typer may raise from: its vendored copy (typer >= 0.29, found
+    through the module of typer.BadParameter) and the click package (older typer), where installed."""
+    found = {getattr(importlib.import_module(typer.BadParameter.__module__), name, None)}
+    try:
+        import click.exceptions
+
+        found.add(getattr(click.exceptions, name, None))
+    except ImportError:
+        pass
+    return tuple(c for c in found if isinstance(c, type))
 
 
-from . import data_cmd, weights_cmd, extract_cmd, heads_cmd, finetune_cmd, store_cmd  # noqa: E402,F401  (register commands)
+CLICK_ERRORS = _click_classes("ClickException")
+EXITS = (typer.Exit, *_click_classes("Exit"))
+ABORTS = (typer.Abort, *_click_classes("Abort"))
+
+RESUMABLE = {
+    "extract": "interrupted: finished shards are kept; rerun the same command to resume",
+    "fine-tune": "interrupted: finished prefix-cache shards and epochs are kept; rerun the same command to resume",
+}
+
+
+def _say(msg: str) -> None:
+    print(shown(msg), file=sys.stderr)
+
+
+def _interrupted(argv: list[str]) -> int:
+    command = next((a for a in argv if not a.startswith("-")), "")
+    _say(RESUMABLE.get(command, "interrupted; rerun the same command"))
+    return 130
+
+
+def _os_error(e: OSError) -> int:
+    if e.errno == errno.EPIPE:  # `featx ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    where = ": ".join(shown(os.fspath(f)) for f in (e.filename, e.filename2) if f is not None)
+    cause = e.strerror or str(e) or type(e).__name__
+    _say(f"error: {where}: {cause}" if where else f"error: {cause}")
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors print one line and exit 2, never a traceback."""
+    """Run featx with `argv` (default: the command line); return the exit code, never a traceback
+    for usage errors, FeatxError, OS errors or Ctrl-C."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        rv = app(args=argv, standalone_mode=False)
+        from .app import app
+
+        rv = app(args=argv, prog_name="featx", standalone_mode=False)
     except FeatxError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
-    except click.exceptions.Exit as e:
+    except EXITS as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as e:
+    except ABORTS as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):  # click < 8.2 and older typer turn Ctrl-C into Abort
+            return _interrupted(argv)
+        _say("aborted")
+        return 1
+    except CLICK_ERRORS as e:
         e.show()
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return _interrupted(argv)
+    except OSError as e:
+        return _os_error(e)
+    if rv == 130:  # typer turns Ctrl-C inside a command into Exit(130), returned without standalone mode
+        return _interrupted(argv)
     return rv if isinstance(rv, int) else 0
 
 
@@ -49,7 +94,5 @@ def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":  # `python -m featx_cli.main`: use the registered app
-    from featx_cli.main import entry as _entry
-
-    _entry()
+if __name__ == "__main__":  # python -m featx_cli.main
+    entry()

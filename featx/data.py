@@ -14,14 +14,17 @@ import io
 import json
 import os
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatxError
 from .images import is_image_name
+from .paths import featx_home, shown
 
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -131,19 +134,35 @@ class Manifest:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
+        climbs = False  # a row leaves out's folder: the manifest is recorded as featx's own (see _inside)
         for i, f in enumerate(self._full_paths()):
             row = [os.path.relpath(f, out_dir).replace(os.sep, "/"), self.labels[i], self.splits[i]]
+            climbs = climbs or row[0].startswith("../")
             if self.groups is not None:
                 row.append(self.groups[i])
             row.extend(v[i] for v in self.extras.values())
             w.writerow(row)
+        text = buf.getvalue()
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, out)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out)
+        except BaseException:  # full disk, read-only folder, Ctrl-C: no half-written manifest left
+            tmp.unlink(missing_ok=True)
+            raise
+        if climbs:
+            _remember(text, out)
         return out
 
 
 # ---------------------------------------------------------------- splits
+
+
+def ratios_from(val: float, test: float) -> tuple[float, float, float]:
+    """(train, val, test) from the validation and test fractions."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise FeatxError(f"--val and --test must be in [0, 1) with a sum below 1, got {val} and {test}")
+    return (1 - val - test, val, test)
 
 
 def check_ratios(ratios) -> tuple[float, float, float]:
@@ -208,6 +227,23 @@ def assign_splits(labels: list[str], groups: list[str] | None = None, *, seed: i
     return out
 
 
+def drop_unreadable(m: Manifest, check, echo=print) -> Manifest:
+    """Decode every image with check(path) -> reason | None and leave out those that fail."""
+    bad = []
+    for i in range(len(m)):
+        reason = check(m.abspath(i))
+        if reason:
+            bad.append(i)
+            echo(f"unreadable {m.paths[i]}: {reason}")
+    if not bad:
+        return m
+    m = m.subset(sorted(set(range(len(m))) - set(bad)))
+    echo(f"left out {len(bad)} unreadable images")
+    if len(m.classes) < 2 or len(m) == 0:
+        raise FeatxError("fewer than two classes are left after leaving out unreadable images")
+    return m
+
+
 def leaked_groups(m: Manifest) -> list[str]:
     """Groups (non-empty) that appear in more than one split."""
     if m.groups is None:
@@ -241,6 +277,7 @@ def load(data: str | Path, *, attribute: str = "Male", seed: int = 0, ratios=(0.
         m = _load_csv(p.resolve())
     else:
         raise FeatxError(f"unsupported data {data}: expected a folder, a .csv file or a CelebA root")
+    m.labels = [canonical_label(x) for x in m.labels]
     _validate(m, str(data))
     if "" in m.splits:  # no split from the source
         m.splits = assign_splits(m.labels, m.groups, seed=seed, ratios=ratios)
@@ -248,6 +285,22 @@ def load(data: str | Path, *, attribute: str = "Male", seed: int = 0, ratios=(0.
         m.split_by = f"seed {seed}, {pct} train/val/test, stratified by label" + (
             ", group-disjoint" if m.groups is not None else "")
     return m
+
+
+NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def canonical_label(label: str) -> str:
+    """Numeric labels compared as numbers: "1", "01", "1.0" and "+1" are all class "1"; "0.50" is "0.5"."""
+    if not NUMBER.match(label):
+        return label
+    try:
+        d = Decimal(label)
+    except InvalidOperation:
+        return label
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
 
 
 def _validate(m: Manifest, name: str) -> None:
@@ -292,8 +345,11 @@ def _missing(root: Path, paths: list[str]) -> list[str]:
     return [p for p in paths if p in gone]
 
 
-def _inside(root: Path, value: str, where: str) -> str:
-    """Normalise a listed path to a posix path relative to root; FeatxError when it escapes root."""
+def _inside(root: Path, value: str, where: str, climb_ok: bool = False) -> str:
+    """Normalise a listed path to a posix path relative to root; FeatxError when it escapes root.
+
+    Every manifest form goes through here. `climb_ok` lets a path leave root by a leading run of
+    `../` (and an absolute path lie anywhere): only for a manifest featx wrote itself (`_wrote`)."""
     v = value.strip().replace("\\", "/")
     if os.path.isabs(v):
         rel = os.path.relpath(os.path.normpath(v), root)
@@ -301,9 +357,30 @@ def _inside(root: Path, value: str, where: str) -> str:
             rel = os.path.relpath(os.path.realpath(v), root)
         v = rel
     v = os.path.normpath(v).replace(os.sep, "/")
-    if v == ".." or v.startswith("../") or v == ".":
-        raise FeatxError(f"path escapes the dataset root {root}: {value.strip()} ({where})")
+    if v in (".", "..") or (v.startswith("../") and not climb_ok):
+        hint = ("; featx follows paths out of a manifest's folder only in manifests it wrote itself "
+                "for this user: rebuild it with `featx data`, or keep it next to its images") if not climb_ok else ""
+        raise FeatxError(f"path escapes the dataset root {root}: {value.strip()} ({where}){hint}")
     return v
+
+
+# Manifests written by featx whose rows leave the manifest's folder (`--out` away from the images)
+# are recorded by content hash under $FEATX_HOME/manifests. Only those may climb out of their folder,
+# so a CSV from elsewhere cannot point featx at ../../../home/someone/photo.jpg.
+def _registry(text: str) -> Path:
+    return featx_home() / "manifests" / f"{hashlib.sha256(text.encode('utf-8')).hexdigest()}.json"
+
+
+def _remember(text: str, out: Path) -> None:
+    entry = _registry(text)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(entry.name + ".tmp")
+    tmp.write_text(json.dumps({"manifest": str(out.resolve())}), encoding="utf-8")
+    os.replace(tmp, entry)
+
+
+def _wrote(text: str) -> bool:
+    return _registry(text).is_file()
 
 
 def _read_text(path: Path) -> str:
@@ -331,7 +408,8 @@ def _load_csv(path: Path) -> Manifest:
         raise FeatxError(f"{path}: CSV needs columns path,label (found: {','.join(header)})")
     if len(set(low)) != len(low):
         raise FeatxError(f"{path}: repeated column names in header: {','.join(header)}")
-    written = low[:3] == ["path", "label", "split"]  # a manifest from `featx data`: paths may leave its folder
+    # A manifest from `featx data` may list paths out of its folder, when featx recorded writing it.
+    climb_ok = low[:3] == ["path", "label", "split"] and _wrote(text)
     col = {name: low.index(name) for name in (*RESERVED, *GROUP_COLUMNS) if name in low}
     gcol = col.get("group", col.get("identity"))
     extra_cols = [k for k, h in enumerate(low) if h not in RESERVED and k != gcol]
@@ -344,11 +422,7 @@ def _load_csv(path: Path) -> Manifest:
         value = r[col["path"]]
         if not value.strip():
             raise FeatxError(f"{where}: empty path")
-        if written:
-            v = value.strip().replace("\\", "/")
-            paths.append(os.path.normpath(v).replace(os.sep, "/"))
-        else:
-            paths.append(_inside(root, value, where))
+        paths.append(_inside(root, value, where, climb_ok))
         label = r[col["label"]].strip()
         if not label:
             raise FeatxError(f"{where}: empty label")
@@ -367,6 +441,15 @@ def _load_csv(path: Path) -> Manifest:
                     extras=extras, source="csv", split_by="the source's split column" if splits else "")
 
 
+def _utf8_name(folder: Path | str, name: str) -> str:
+    """`name`, or a one-line FeatxError naming the file when its name is not valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FeatxError(f"{shown(os.path.join(folder, name))}: file name is not valid UTF-8; rename it") from None
+    return name
+
+
 def _listdir(folder: Path) -> tuple[list[str], list[str]]:
     """(files, subfolders) in `folder`, sorted, hidden entries left out."""
     files, dirs = [], []
@@ -375,6 +458,8 @@ def _listdir(folder: Path) -> tuple[list[str], list[str]]:
             for e in it:
                 if e.name.startswith(".") or e.name == "__MACOSX":
                     continue
+                if e.is_dir() or is_image_name(e.name):
+                    _utf8_name(folder, e.name)
                 if e.is_dir():
                     dirs.append(e.name)
                 elif e.is_file():
@@ -389,15 +474,14 @@ def _load_folder(root: Path) -> Manifest:
     top = [f for f in files if is_image_name(f)]
     if top and 2 * sum(bool(UTK_NAME.match(f)) for f in top) >= len(top):
         return _load_utkface(root, top)
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for d in dirs:
-        for here, subdirs, names in os.walk(root / d):
-            subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s != "__MACOSX")
-            rel = Path(here).relative_to(root).as_posix()
-            for name in sorted(names):
-                if is_image_name(name) and not name.startswith("."):
-                    paths.append(f"{rel}/{name}")
-                    labels.append(d)
+        found = _class_images(root, d)
+        if not found:
+            empty.append(d)
+            print(f"warning: class folder {shown(str(root / d))} has no images; left out", file=sys.stderr)
+        paths.extend(found)
+        labels.extend([d] * len(found))
     skipped = [(f, "not in a class folder") for f in top]
     if not paths and top:
         raise FeatxError(
@@ -408,8 +492,25 @@ def _load_folder(root: Path) -> Manifest:
         only = labels[0]
         utk = sum(bool(UTK_NAME.match(p.rpartition("/")[2])) for p in paths)
         hint = f"; for UTKFace, point --data at {root / only}" if 2 * utk >= len(paths) else ""
-        raise FeatxError(f"need at least two classes, found 1 ({only}) in {root}: expected one subfolder per class{hint}")
+        raise FeatxError(f"need at least two classes, found 1 ({only}) in {root}: expected one subfolder per class"
+                         + (f" (empty: {', '.join(empty)})" if empty else "") + hint)
+    if not paths and empty:
+        raise FeatxError(f"need at least two classes in {root}: every class folder is empty ({', '.join(empty)})")
     return m
+
+
+def _class_images(root: Path, d: str) -> list[str]:
+    """Image paths (relative to root) anywhere under the class folder root/d."""
+    found = []
+    for here, subdirs, names in os.walk(root / d):
+        subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s != "__MACOSX")
+        for s in subdirs:
+            _utf8_name(here, s)
+        rel = Path(here).relative_to(root).as_posix()
+        for name in sorted(names):
+            if is_image_name(name) and not name.startswith("."):
+                found.append(f"{rel}/{_utf8_name(here, name)}")
+    return found
 
 
 def _load_utkface(root: Path, names: list[str]) -> Manifest:

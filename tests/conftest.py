@@ -16,6 +16,14 @@ TINY_WIDTHS = (4, 8, 8, 16, 16)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def featx_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own $FEATX_HOME, so no test reads or writes the real ~/.cache/featx."""
+    home = tmp_path_factory.mktemp("featx-home")
+    monkeypatch.setenv("FEATX_HOME", str(home))
+    return home
+
+
 def make_image(path: Path, seed: int, size: int = 32, cls: int = 0) -> Path:
     """A tiny RGB JPEG whose colour depends on its class, so heads can learn it."""
     rng = np.random.default_rng(seed)
@@ -76,9 +84,9 @@ def real_hed_weights(tmp_path_factory) -> Path:
     import os
 
     from featx.errors import FeatxError
-    from featx.weights import get_weights, weights_dir
+    from featx.weights import canonical_path, get_weights
 
-    path = weights_dir() / "vgg16.hed.safetensors"
+    path = canonical_path("vgg16.hed")  # the user's cache, or ./cache/weights of older versions
     if path.is_file():
         return path
     d = tmp_path_factory.mktemp("hed-weights")

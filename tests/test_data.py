@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -387,3 +388,98 @@ def test_real_utkface(shared_utkface, tmp_path):
         n = sum(c[s][lab] for s in data.SPLITS)
         assert abs(c["val"][lab] - 0.1 * n) <= 1 and abs(c["test"][lab] - 0.1 * n) <= 1
     assert data.load(m.write(tmp_path / "m.csv")).hash() == m.hash()
+
+
+# ---------------------------------------------------------------- path escapes: one rule for every CSV form
+
+
+@pytest.mark.parametrize("header", ["path,label", "path,label,split", "label,path,split", "path,label,split,group"])
+@pytest.mark.parametrize("bad", ["../../../etc/passwd", "img/../../x.jpg", "/etc/hosts"])
+def test_every_csv_form_refuses_escapes(tmp_path, header, bad):
+    root = tmp_path / "ds"
+    make_image(root / "a.jpg", seed=0, size=8)
+    cols = header.split(",")
+    row = lambda p, lab: ",".join({"path": p, "label": lab, "split": "train", "group": "g"}[c] for c in cols)  # noqa: E731
+    csv_path = write_csv(root / "labels.csv", [header, row("a.jpg", "x"), row(bad, "y")])
+    with pytest.raises(FeatxError, match="escapes the dataset root"):
+        data.load(csv_path)
+
+
+def test_written_manifest_may_leave_its_folder_only_as_written(csv_dataset, tmp_path, monkeypatch):
+    m = data.load(csv_dataset, seed=3)
+    out = m.write(tmp_path / "elsewhere" / "m.csv")
+    assert data.load(out).hash() == m.hash()  # featx wrote it: its ../ paths are followed
+    lines = out.read_text().splitlines()
+    lines[1] = "../../../../../../../etc/passwd," + lines[1].split(",", 1)[1]
+    out.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FeatxError, match="escapes the dataset root.*etc/passwd.*featx data"):
+        data.load(out)  # edited: no longer the manifest featx wrote
+    good = m.write(tmp_path / "other" / "m.csv")
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path / "another-user"))
+    with pytest.raises(FeatxError, match="escapes the dataset root"):
+        data.load(good)  # written for another user's FEATX_HOME
+    inside = m.write(csv_dataset.parent / "inside.csv")  # next to its images: no ../, loads anywhere
+    assert data.load(inside).hash() == m.hash()
+
+
+def test_written_manifest_leaves_nothing_half_written(folder_dataset, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "m.csv"
+    out.write_text("old\n")
+
+    def full_disk(self, text, *a, **k):
+        with open(self, "w") as f:
+            f.write(text[:20])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        data.load(folder_dataset).write(out)
+    monkeypatch.undo()
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.csv"]
+
+
+# ---------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("raw,canon", [("1", "1"), ("01", "1"), ("1.0", "1"), ("+1", "1"), ("-0", "0"),
+                                       ("0.50", "0.5"), ("1e3", "1000"), ("-1", "-1"), ("007", "7"),
+                                       ("male", "male"), ("nan", "nan"), ("1_0", "1_0"), ("1.", "1"), ("x1", "x1")])
+def test_canonical_label(raw, canon):
+    assert data.canonical_label(raw) == canon
+
+
+def test_numeric_labels_written_differently_are_one_class(tmp_path):
+    root = tmp_path / "ds"
+    rows = ["path,label"]
+    for i, lab in enumerate(["1", "01", "1.0", "0", "0.0", "00"] * 3):
+        make_image(root / f"{i}.jpg", seed=i, size=8)
+        rows.append(f"{i}.jpg,{lab}")
+    m = data.load(write_csv(root / "labels.csv", rows))
+    assert m.classes == ["0", "1"] and Counter(m.labels) == {"0": 9, "1": 9}
+    assert data.load(m.write(tmp_path / "m.csv")).labels == m.labels
+
+
+def test_empty_class_folder_warns(folder_dataset, capsys):
+    (folder_dataset / "other").mkdir()
+    m = data.load(folder_dataset)
+    assert m.classes == ["female", "male"]
+    err = capsys.readouterr().err
+    assert "warning: class folder" in err and "other has no images" in err
+
+
+def test_empty_class_folder_leaving_one_class_is_refused(folder_dataset, capsys):
+    shutil.rmtree(folder_dataset / "female")
+    (folder_dataset / "female").mkdir()
+    with pytest.raises(FeatxError, match=r"need at least two classes, found 1 \(male\).*empty: female"):
+        data.load(folder_dataset)
+    assert "female has no images" in capsys.readouterr().err
+
+
+def test_non_utf8_file_name_is_one_line(folder_dataset):
+    bad = os.path.join(os.fsencode(folder_dataset / "male"), b"caf\xe9.jpg")
+    with open(bad, "wb") as f:
+        f.write((folder_dataset / "male" / "male_00.jpg").read_bytes())
+    with pytest.raises(FeatxError, match=r"caf\\xe9\.jpg: file name is not valid UTF-8"):
+        data.load(folder_dataset)
