@@ -43,6 +43,13 @@ UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.")
 UTK_GENDER = {"0": "male", "1": "female"}
 
 
+def check_split(split: str) -> str:
+    """The one split check: train, val, test, or all (every row)."""
+    if split not in (*SPLITS, "all"):
+        raise FeatxError(f"unknown split {split!r}; use train, val, test or all")
+    return split
+
+
 @dataclass
 class Manifest:
     root: Path  # absolute; `paths` are posix paths relative to it
@@ -80,10 +87,8 @@ class Manifest:
 
     def indices(self, split: str) -> np.ndarray:
         """Row numbers in `split` ("all" = every row)."""
-        if split == "all":
+        if check_split(split) == "all":
             return np.arange(len(self), dtype=np.int64)
-        if split not in SPLITS:
-            raise FeatxError(f"unknown split {split!r}; use train, val, test or all")
         return np.flatnonzero(np.asarray(self.splits) == split).astype(np.int64)
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -163,14 +163,14 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     The store may come from another collection (another manifest) of the same release and tap.
     Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
     """
+    from .data import check_split
     from .heads import check_compatible, load_head, open_store, predict_rows, store_label
 
     head, card = load_head(head_dir)
     given = store if isinstance(store, (str, Path)) else None
     store = open_store(store)
     check_compatible(card, dict(store.attrs))
-    if split not in ("train", "val", "test", "all"):
-        raise FeatxError(f"unknown split {split!r}; use test, val, train or all")
+    check_split(split)
     columns = parse_by(by)
     extras = dict(store.extras)
     for c in columns:

@@ -480,8 +480,9 @@ class FeatureStore:
 
     def indices(self, split: str = "all") -> np.ndarray:
         """Rows that decoded fine, in `split` ("train", "val", "test") or "all"."""
-        if split not in ("all", "train", "val", "test"):
-            raise FeatxError(f"unknown split {split!r}; use train, val, test or all")
+        from .data import check_split
+
+        check_split(split)
         keep = self.ok if split == "all" else self.ok & (self.split == split)
         return np.flatnonzero(keep).astype(np.int64)
 

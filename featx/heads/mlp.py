@@ -16,11 +16,9 @@ HIDDEN_GRID = [[256], [512, 256]]
 
 
 def pick_device(device: str = "auto") -> str:
-    import torch
+    from ..device import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve_device(device).type
 
 
 def mlp_forward(Z: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
