@@ -36,7 +36,7 @@ from .progress import progress_bar
 from .reader import ImageRows, digests, make_loader, unit_batches  # noqa: F401
 from .releases import Preprocess, RELEASES
 from .store import StoreWriter, create, open_for_extract, plan_units, writer_lock  # noqa: F401
-from .weights import load_backbone, read_record, sha256_file, weights_dir
+from .weights import canonical_path, load_backbone, read_record, sha256_file
 
 DTYPES = ("float16", "float32")
 
@@ -344,7 +344,7 @@ def weights_identity(backbone: str, weights) -> tuple | None:
     if backbone not in RELEASES:
         return None
     release = RELEASES[backbone]
-    path = Path(weights) if weights else weights_dir() / release.filename
+    path = Path(weights) if weights else canonical_path(release.name)
     if not path.is_file():
         load_backbone(backbone, weights)  # raises the one-line "no weights" error
     rec = read_record(release.name) if not weights else None
