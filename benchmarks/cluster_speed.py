@@ -40,7 +40,6 @@ def subset(data: str, n: int):
 
 def weights_for(backbone: str, weights: str | None, tmp: Path) -> tuple[str | None, str]:
     """(weights file or None for the cache, note). Falls back to a random-init full-size VGG16 (same speed)."""
-    from featx.releases import get_release
     from featx.weights import canonical_path
 
     if weights:
