@@ -117,7 +117,7 @@ def test_page_numbers_equal_metrics_json(report):
     html_text = (rep / "report.html").read_text()
     for col, buckets in {**data["groups"], **data["extra_groups"]}.items():
         for b, g in buckets.items():
-            row = re.search(f'<tr data-group="{col}" data-bucket="{b}">(.*?)</tr>', html_text).group(1)
+            row = re.search(re.escape(f'<tr data-group="{col}" data-bucket="{b}">') + '(.*?)</tr>', html_text).group(1)
             cells = dict(re.findall(r'data-key="(\w+)">([^<]*)<', row))
             cells_iv = dict(re.findall(r'data-interval="(\w+)">([^<]*)<', row))
             assert cells["n"] == str(g["n"]) and cells["accuracy"] == fmt(g["accuracy"])
