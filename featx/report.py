@@ -5,12 +5,15 @@ roc_auc, confusion (rows = true class, columns = predicted, in `classes` order),
 ({column: {bucket: metrics}}), plus classes, positive, per_class and context (head, store, split).
 Binary tasks score the positive class: the second of the sorted classes (e.g. "male" of female/male).
 With more than two classes precision, recall, F1, specificity and ROC AUC are macro averages.
+evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report_html.enrich)
+and writes report.html and predictions.csv beside metrics.json.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +135,13 @@ def age_bucket(v) -> str:
     return AGE_BUCKETS[-1][2]
 
 
-def bucket_column(values) -> np.ndarray:
-    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value."""
+def bucket_column(values, name: str | None = None) -> np.ndarray:
+    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
+
+    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
+    """
     values = np.asarray(values, dtype=str)
-    if is_numeric(values):
+    if is_numeric(values) and (name is None or "age" in name.lower()):
         return np.asarray([age_bucket(v) for v in values], dtype=str)
     return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
 
@@ -189,9 +195,11 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
                          f"(head classes: {', '.join(head_classes)})")
     to_head = np.asarray([head_classes.index(c) for c in store_classes], np.int64)
 
+    t0 = time.perf_counter()
     rows, proba = predict_rows(head, store, idx)
+    predict_seconds = time.perf_counter() - t0
     y = to_head[np.asarray(store.labels)[rows]]
-    groups = {c: bucket_column(extras[c][rows]) for c in columns}
+    groups = {c: bucket_column(extras[c][rows], c) for c in columns}
     metrics = compute_metrics(y, proba, head_classes, groups)
     metrics["context"] = {
         "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
@@ -200,7 +208,12 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     }
     if report_dir is None:
         report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+    from .report_html import EvalRun, enrich, write_page
+
+    run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
+    enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
     write_report(report_dir, metrics, y_true=y, proba=proba)
+    write_page(report_dir, metrics, run)  # report.html, predictions.csv
     metrics["context"]["report"] = str(report_dir)
     return metrics
 

@@ -1,0 +1,172 @@
+"""Error bars and paired tests for evaluations: bootstrap intervals, calibration, exact McNemar.
+
+The point metrics themselves come from featx.report.compute_metrics; the bootstrap here recomputes the
+same definitions on resampled rows (binary: the positive class is the second class; more classes:
+macro averages over the classes present), so an interval always describes the number it sits beside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
+N_BOOT = 1000
+SEED = 0
+LEVEL = 0.95
+
+
+# ---------- weighted metrics: one row of weights per bootstrap resample ----------
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def weighted_confusion(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:
+    """[B, k, k] confusion matrices (rows true, columns predicted) under row weights w [B, n]."""
+    onehot = np.zeros((len(y), k * k))
+    onehot[np.arange(len(y)), y * k + pred] = 1.0
+    return (w @ onehot).reshape(-1, k, k)
+
+
+def _class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision/recall/f1/specificity [B, k] from confusion matrices [B, k, k]."""
+    n = cm.sum(axis=(1, 2))[:, None]
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    fp, fn = cm.sum(axis=1) - tp, cm.sum(axis=2) - tp
+    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
+    with np.errstate(invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.where(precision + recall > 0,
+                                                                                 precision + recall, 1), 0.0)
+    f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+    return {"precision": precision, "recall": recall, "f1": f1, "specificity": _safe_div(n - tp - fp - fn, n - tp - fn),
+            "support": tp + fn}
+
+
+def _nanmean_rows(a: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    a = np.where(keep, a, np.nan) if keep is not None else a
+    count = (~np.isnan(a)).sum(axis=1)
+    return np.where(count > 0, np.nansum(a, axis=1) / np.maximum(count, 1), np.nan)
+
+
+def weighted_auc(pos: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """ROC AUC [B] of `score` for the boolean `pos` under row weights w [B, n]; ties count one half."""
+    order = np.argsort(score, kind="stable")
+    s, p = score[order], pos[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores
+    wp = np.add.reduceat(w[:, order] * p, starts, axis=1)
+    wn = np.add.reduceat(w[:, order] * ~p, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score
+    num = (wp * (below + 0.5 * wn)).sum(axis=1)
+    return _safe_div(num, wp.sum(axis=1) * wn.sum(axis=1))
+
+
+def weighted_metrics(y, proba, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The INTERVAL_KEYS metrics [B] under row weights w [B, n] (NaN where undefined)."""
+    y = np.asarray(y, np.int64)
+    proba = np.asarray(proba, np.float64)
+    k = proba.shape[1]
+    cm = weighted_confusion(y, proba.argmax(axis=1), k, w)
+    n = cm.sum(axis=(1, 2))
+    pc = _class_scores(cm)
+    out = {"accuracy": _safe_div(np.trace(cm, axis1=1, axis2=2), n),
+           "balanced_accuracy": _nanmean_rows(pc["recall"])}
+    if k == 2:
+        out.update({key: pc[key][:, 1] for key in ("precision", "recall", "f1", "specificity")})
+        out["roc_auc"] = weighted_auc(y == 1, proba[:, 1], w)
+    else:
+        present = pc["support"] > 0
+        out.update({key: _nanmean_rows(pc[key], present) for key in ("precision", "recall", "f1", "specificity")})
+        aucs = np.stack([weighted_auc(y == c, proba[:, c], w) for c in range(k)], axis=1)
+        out["roc_auc"] = _nanmean_rows(aucs)
+    return out
+
+
+def bootstrap_intervals(y, proba, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL,
+                        chunk: int = 200) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals {metric: [low, high]} (None when never defined), seeded."""
+    y = np.asarray(y, np.int64)
+    if len(y) == 0:
+        return {key: None for key in INTERVAL_KEYS}
+    draws = {key: [] for key in INTERVAL_KEYS}
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:  # chunks bound the [B, n] weight matrix
+        b = min(chunk, n_boot - done)
+        w = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=b).astype(np.float64)
+        for key, vals in weighted_metrics(y, proba, w).items():
+            draws[key].append(vals)
+        done += b
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for key in INTERVAL_KEYS:
+        vals = np.concatenate(draws[key])
+        vals = vals[~np.isnan(vals)]
+        out[key] = [float(v) for v in np.percentile(vals, [tail, 100 - tail])] if vals.size else None
+    return out
+
+
+def interval_block(y, proba, groups: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT,
+                   seed: int = SEED, level: float = LEVEL) -> dict:
+    """metrics.json "intervals": overall and per group bucket, with the method spelled out."""
+    y = np.asarray(y, np.int64)
+    proba = np.asarray(proba, np.float64)
+    block = {"method": "percentile bootstrap over rows", "n_boot": n_boot, "seed": seed, "level": level,
+             "overall": bootstrap_intervals(y, proba, n_boot, seed, level), "groups": {}}
+    for col, labels in (groups or {}).items():
+        labels = np.asarray(labels, dtype=str)
+        block["groups"][col] = {str(b): bootstrap_intervals(y[labels == b], proba[labels == b], n_boot, seed,
+                                                            level) for b in dict.fromkeys(labels.tolist())}
+    return block
+
+
+# ---------- calibration ----------
+
+def calibration(y, proba, bins: int = 10) -> dict:
+    """Reliability curve. Two classes: P(positive) against the positive rate; more: confidence against
+    accuracy. Equal-width bins; ece = sum over bins of (rows in bin / n) * |mean score - observed rate|."""
+    y = np.asarray(y, np.int64)
+    proba = np.asarray(proba, np.float64)
+    if proba.shape[1] == 2:
+        score, hit, kind = proba[:, 1], (y == 1).astype(float), "positive class"
+    else:
+        score, hit, kind = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float), "top label"
+    which = np.clip((score * bins).astype(int), 0, bins - 1)
+    rows = []
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            mean_score, rate = float(score[sel].mean()), float(hit[sel].mean())
+            ece += sel.sum() / len(y) * abs(mean_score - rate)
+            rows.append({"low": b / bins, "high": (b + 1) / bins, "n": int(sel.sum()), "mean_score": mean_score,
+                         "observed": rate})
+    return {"kind": kind, "bins": rows, "ece": float(ece) if len(y) else None}
+
+
+# ---------- paired test ----------
+
+def mcnemar_exact(a_right, b_right) -> dict:
+    """Exact two-sided McNemar test on paired correctness: a binomial(b + c, 1/2) test of the discordant pairs.
+
+    b = rows only A got right, c = rows only B got right; p = min(1, 2 * P(X <= min(b, c))).
+    """
+    a_right = np.asarray(a_right, bool)
+    b_right = np.asarray(b_right, bool)
+    if a_right.shape != b_right.shape:
+        raise ValueError("paired results must have the same length")
+    b = int((a_right & ~b_right).sum())
+    c = int((~a_right & b_right).sum())
+    return {"only_a": b, "only_b": c, "both": int((a_right & b_right).sum()),
+            "neither": int((~a_right & ~b_right).sum()), "p_value": binomial_two_sided(b, c)}
+
+
+def binomial_two_sided(b: int, c: int) -> float:
+    """Exact two-sided p of b vs c successes under p = 1/2 (integer arithmetic, no rounding until the end)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
