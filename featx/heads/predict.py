@@ -94,6 +94,20 @@ class FaceCropper:
         return [x0, y0, x1 - x0, y1 - y0]
 
 
+def backbone_of(head_dir, prov: dict) -> str:
+    """The backbone a head card names: a fine-tuned model's own folder (`release_dir`, relative to the
+    card, so the folder can move), else the release name."""
+    import json
+
+    folder = Path(head_dir) / prov.get("release_dir", ".")
+    try:
+        if json.loads((folder / "release.json").read_text()).get("name") == prov.get("release"):
+            return str(folder)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return prov["release"]
+
+
 def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
                    batch_size: int = 16, device: str = "auto") -> list[Prediction]:
     """One Prediction per image (or per unusable input, with `error` set), in input order."""
@@ -116,7 +130,8 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
     if not paths:
         return results
 
-    loaded = load_backbone(release_name, weights)
+    backbone = backbone_of(head_dir, prov)
+    loaded = load_backbone(backbone, weights)
     release, _, sha = loaded
     want = prov.get("weights_sha256")
     if want and sha != want:
@@ -125,7 +140,7 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
                          f"{want[:12]}; pass the weights file the store was extracted with")
     if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
         raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
-    ex = Extractor(release_name, tap=tap, device=device, precision="auto", dtype=prov.get("dtype") or "float32",
+    ex = Extractor(backbone, tap=tap, device=device, precision="auto", dtype=prov.get("dtype") or "float32",
                    loaded=loaded)
     classes = list(card["classes"])
 
