@@ -246,7 +246,7 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
                "epoch_seconds": [h["seconds"] for h in pr.history]}
     summary["val_loss"] = next(h["val_loss"] for h in pr.history if h["epoch"] == pr.best_epoch)
     fam = base[0].family
-    head_tap = f"{fam.finetune[cfg.from_tap]}-{net.pool_kind}"
+    head_tap = net.head_tap(fam.finetune[cfg.from_tap])
     lin = Lineage(base[0], base[2], cfg.from_tap, head_tap, store.attrs["manifest_hash"], identity, str(store.name))
     name = run.name or f"{base[0].name}+{out.name}"
     release = export_release(net, lin, out, name, summary)

@@ -62,7 +62,8 @@ class TuneNet(nn.Module):
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return pool(self.head_map(x), self.pool_kind).float()
+        m = self.head_map(x)
+        return (m if m.ndim == 2 else pool(m, self.pool_kind)).float()  # a vector tap goes in as it is
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head((self.features(x) - self.mean) / self.scale)
@@ -74,13 +75,19 @@ class TuneNet(nn.Module):
         self.eval()
         m = self.head_map(maps.float()).float()
         self.train(was)
-        mean, std = m.mean((0, 2, 3)), m.std((0, 2, 3)) if len(m) > 1 else torch.ones(m.shape[1])
+        self.vector = m.ndim == 2
+        dims = (0,) if self.vector else (0, 2, 3)
+        mean, std = m.mean(dims), m.std(dims) if len(m) > 1 else torch.ones(m.shape[1])
         # channels silent in the sample (a quarter of VGG conv5_3's on UTKFace) must not blow up
         # when they do fire: floor their scale at the median channel's
         std = std.clamp_min(max(float(std.median()), 1e-6))
-        hw = m.shape[2] * m.shape[3] if self.pool_kind == "flat" else 1
+        hw = m.shape[2] * m.shape[3] if self.pool_kind == "flat" and not self.vector else 1
         self.mean.copy_(mean.repeat_interleave(hw))
         self.scale.copy_(std.repeat_interleave(hw))
+
+    def head_tap(self, tap: str) -> str:
+        """The featx tap string of the head's input, e.g. "pool5-flat" (a vector tap: its bare name)."""
+        return tap if self.vector else f"{tap}-{self.pool_kind}"
 
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.head if isinstance(m, nn.Linear)]

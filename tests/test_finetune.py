@@ -261,3 +261,61 @@ def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
     assert sorted(rows.tolist()) == sorted(idx.tolist()) and rows.tolist() != sorted(rows.tolist())
     for r, x in stream_blocks(fs, idx, 8, None):
         np.testing.assert_array_equal(x, fs.features(r))
+
+
+class Toy(torch.nn.Module):
+    """A toy family: two conv stages and a vector stage, in the stage protocol."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.b = torch.nn.Conv2d(4, 6, 3, padding=1)
+        self.vec = torch.nn.Linear(6, 5)
+
+    def stage_names(self):
+        return ("a", "b", "vec")
+
+    def run_stage(self, name, x):
+        if name == "a":
+            return torch.relu(self.a(x))
+        if name == "b":
+            return torch.nn.functional.max_pool2d(torch.relu(self.b(x)), 2)
+        return torch.relu(self.vec(x.mean((2, 3))))
+
+    def stage_module(self, name):
+        return getattr(self, name)
+
+
+def build_toy(sd):
+    m = Toy()
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+def test_fine_tune_is_generic_over_the_family_registry(env, tmp_path, monkeypatch, capsys):
+    """A family registered here (vector head-input tap) fine-tunes and predicts with no other change."""
+    from featx import backbones, releases
+    from featx.backbones import Family, TapInfo
+
+    fam = Family("toyft", build_toy, (TapInfo("a", 4, 4, "a"), TapInfo("b", 6, 8, "b"),
+                                      TapInfo("vec", 5, 0, "vec", "vector")), "vec", finetune={"a": "vec"})
+    rel = releases.Release(name="toyft.base", description="toy", source="test", license="MIT", source_file="toy",
+                           preprocess=releases.Preprocess(size=32, resize=32, channels="RGB", scale=1.0,
+                                                          mean=(0.5,) * 3, std=(0.25,) * 3), arch="toyft")
+    monkeypatch.setitem(backbones.FAMILIES, "toyft", fam)
+    monkeypatch.setitem(releases.RELEASES, "toyft.base", rel)
+    torch.manual_seed(0)
+    w = tmp_path / "toy.safetensors"
+    save_file({k: v.contiguous() for k, v in Toy().state_dict().items()}, str(w))
+    data, _ = env
+    out = tmp_path / "toyft"
+    fine_tune(data, "toyft.base", out, weights=w, from_tap="a", head="linear", **{**ARGS, "epochs": 2})
+    lin = json.loads((out / "release.json").read_text())["lineage"]
+    assert lin["trained"] == ["b", "vec"] and lin["head_tap"] == "vec"
+    tuned, base = load_file(str(out / "weights.safetensors")), load_file(str(w))
+    assert torch.equal(tuned["a.weight"], base["a.weight"]) and not torch.equal(tuned["b.weight"], base["b.weight"])
+    capsys.readouterr()
+    assert main(["predict", "--head", str(out), str(next((data / "female").glob("*.jpg"))), "--json"]) == 0
+    import re
+
+    assert re.search(r'"label": "(fe)?male"', capsys.readouterr().out)  # a JSON array or JSON lines
