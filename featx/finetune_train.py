@@ -51,7 +51,10 @@ class Optimiser:
     def __init__(self, net, cfg, steps_per_epoch: int):
         groups, rate = [], cfg.lr
         for s in reversed(net.stages):
-            groups.append({"params": net.stage_params(s), "lr": rate})
+            if rate > 0:
+                groups.append({"params": net.stage_params(s), "lr": rate})
+            else:  # --lr 0: the stage stays frozen (no backward through it): the frozen baseline
+                net.base.stage_module(s).requires_grad_(False)
             rate *= cfg.layer_decay
         groups.append({"params": list(net.head.parameters()), "lr": cfg.head_lr})
         self.base_lrs = [g["lr"] for g in groups]

@@ -319,3 +319,10 @@ def test_fine_tune_is_generic_over_the_family_registry(env, tmp_path, monkeypatc
     import re
 
     assert re.search(r'"label": "(fe)?male"', capsys.readouterr().out)  # a JSON array or JSON lines
+
+
+def test_lr_zero_is_the_frozen_baseline(env, tmp_path):
+    data, weights = env
+    out = tmp_path / "frozen"
+    s = fine_tune(data, "vgg16.hed", out, weights=weights, lr=0.0, **{**ARGS, "epochs": 1})
+    assert changed_blocks(out) == set() and s["val_accuracy"] > 0.7  # only the head trained
