@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import FeatxError
 
-STATE_FILE, STATE_JSON, BEST_FILE = "checkpoint.safetensors", "checkpoint.json", "best.safetensors"
+STATE_JSON, BEST_FILE = "checkpoint.json", "best.safetensors"  # + checkpoint-EPOCH.safetensors
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -188,25 +188,29 @@ class Trainer:
         self.batches, self.eval_batches = batches, eval_batches
 
     def resume(self, opt: Optimiser, identity: dict) -> Progress:
-        sj, sf = self.out / STATE_JSON, self.out / STATE_FILE
-        if not (sj.is_file() and sf.is_file()):
+        sj = self.out / STATE_JSON
+        if not sj.is_file():
             return Progress()
         st = json.loads(sj.read_text())
         if st["config"] != identity:
             raise FeatxError(f"{self.out} holds an unfinished fine-tune with other settings; use another --out")
-        tensors = load_file(str(sf))
+        tensors = load_file(str(self.out / st["file"]))
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         opt.load({k: v for k, v in tensors.items() if k.startswith("opt.")}, st["opt"])
         self.log(f"resuming {self.out} after epoch {st['progress']['epoch']}")
         return Progress(**st["progress"])
 
     def checkpoint(self, opt: Optimiser, pr: Progress, identity: dict, best: bool) -> None:
+        """Tensors to a new file per epoch, then the JSON that points at it, then the old file goes:
+        a kill at any point leaves a consistent pair."""
         net_t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         if best:
             save_tensors(net_t, self.out / BEST_FILE)
         opt_t, scalars = opt.tensors()
-        save_tensors({**net_t, **opt_t}, self.out / STATE_FILE)
-        save_json({"config": identity, "progress": pr.__dict__, "opt": scalars}, self.out / STATE_JSON)
+        name = f"checkpoint-{pr.epoch:04d}.safetensors"
+        save_tensors({**net_t, **opt_t}, self.out / name)
+        save_json({"config": identity, "progress": pr.__dict__, "opt": scalars, "file": name}, self.out / STATE_JSON)
+        self.clean(keep=name)
 
     def epoch(self, opt: Optimiser, pr: Progress, train_rows, val_rows) -> dict:
         cfg, e = self.cfg, pr.epoch + 1
@@ -243,6 +247,10 @@ class Trainer:
         self.net.load_state_dict({k[4:]: v for k, v in best.items()})
         return pr
 
-    def clean(self) -> None:
-        for name in (STATE_FILE, STATE_JSON):
-            (self.out / name).unlink(missing_ok=True)
+    def clean(self, keep: str | None = None) -> None:
+        """Remove epoch checkpoints but `keep` (all of them and the JSON when None)."""
+        if keep is None:
+            (self.out / STATE_JSON).unlink(missing_ok=True)
+        for p in self.out.glob("checkpoint-*.safetensors"):
+            if p.name != keep:
+                p.unlink(missing_ok=True)

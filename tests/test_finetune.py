@@ -1,5 +1,8 @@
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -154,6 +157,23 @@ def test_interrupted_fine_tune_resumes_to_the_same_weights(env, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = (json.loads((d / "history.json").read_text()) for d in (full, part))
     assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
+
+    # SIGKILL wherever the process happens to be after epoch 2 starts its checkpoint
+    killed = tmp_path / "killed"
+    code = (f"from featx.finetune import fine_tune\n"
+            f"fine_tune({str(data)!r}, 'vgg16.hed', {str(killed)!r}, weights={str(weights)!r}, "
+            f"log=lambda m: print(m, flush=True), **{ARGS!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL and not (killed / "release.json").exists()
+    fine_tune(data, "vgg16.hed", killed, weights=weights, **ARGS)
+    c = load_file(str(killed / "weights.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert sorted(p.name for p in killed.glob("checkpoint*")) == []
 
 
 def test_early_stopping_on_val_auc_keeps_the_best_epoch(env, tmp_path, monkeypatch):
