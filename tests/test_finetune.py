@@ -74,7 +74,7 @@ def test_pool4_trains_block5_alone_and_outputs_a_release_and_a_head(env, tmp_pat
 def test_pool3_trains_blocks_4_and_5(env, tmp_path):
     data, weights = env
     out = tmp_path / "ft3"
-    s = fine_tune(data, "vgg16.hed", out, weights=weights, from_tap="pool3", augment="shift", shift=2,
+    s = fine_tune(data, "vgg16.hed", out, weights=weights, from_tap="pool3", augment="shift", shift=2, balance="sample",
                   **{**ARGS, "epochs": 2})
     assert changed_blocks(out) == {"conv4", "conv5"}
     lin = json.loads((out / "release.json").read_text())["lineage"]
