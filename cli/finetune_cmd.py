@@ -1,4 +1,4 @@
-"""`featx fine-tune`: train block 5 plus a head on cached pool4 maps."""
+"""`featx fine-tune`: train the last stages plus a head on a cached prefix (VGG16: pool4 or pool3 maps)."""
 
 from __future__ import annotations
 
@@ -13,30 +13,52 @@ def fine_tune(
     backbone: str = typer.Option(..., "--backbone", help="Base release, e.g. vgg16.hed."),
     data: str = typer.Option(..., "--data", help="Class folder, CSV, CelebA/UTKFace root, or a manifest."),
     out: str = typer.Option(..., "--out", callback=checks.out_dir, help="Output folder, e.g. models/NAME: a new release plus its head."),
-    unfreeze: str = typer.Option("block5", "--unfreeze", help="Trainable part (block5; blocks 1-4 are cached)."),
-    lr: float = typer.Option(1e-5, "--lr", help="AdamW learning rate of the pretrained block 5."),
+    from_tap: str = typer.Option("pool4", "--from-tap",
+                                 help="Cached prefix tap; the stages after it train (VGG16: pool4 = block 5, "
+                                      "pool3 = blocks 4 and 5)."),
+    unfreeze: Optional[str] = typer.Option(None, "--unfreeze", help="Old spelling: block5 = --from-tap pool4, "
+                                                                    "block4 = --from-tap pool3."),
+    lr: float = typer.Option(1e-5, "--lr", help="AdamW learning rate of the last trainable stage."),
+    layer_decay: float = typer.Option(0.5, "--layer-decay", help="Each earlier stage trains at this times the next one's rate."),
     head_lr: float = typer.Option(1e-3, "--head-lr", help="AdamW learning rate of the new head."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
     epochs: int = typer.Option(10, "--epochs", min=1),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    head: str = typer.Option("mlp", "--head", help="mlp (flat pool5 -> 256 -> classes) or linear."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Epochs of linear warmup before the cosine decay."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    head: str = typer.Option("mlp", "--head", help="mlp (flatten -> hidden -> classes, dropout), "
+                                                   "linear (flatten -> classes) or gap (GAP -> classes)."),
     hidden: int = typer.Option(256, "--hidden", min=1, help="Hidden units of the mlp head."),
     dropout: float = typer.Option(0.5, "--dropout", min=0.0, max=1.0),
-    augment: Optional[str] = typer.Option(None, "--augment", help="flip: also cache and train on mirrored images."),
-    patience: int = typer.Option(3, "--patience", min=0, help="Stop after this many epochs without a better val loss."),
+    augment: str = typer.Option("flip,shift", "--augment",
+                                help="none, or a comma list: flip (mirror the cached map), shift (translate it "
+                                     "by --shift cells), mirror (cache mirrored photos too: 2x prefix cost), "
+                                     "pixels (re-run the prefix on mirrored/shifted photos every epoch: "
+                                     "a full forward per epoch)."),
+    shift: int = typer.Option(1, "--shift", help="Cells of random translation for --augment shift."),
+    balance: str = typer.Option("none", "--balance", help="none, weights (class-weighted loss) or sample "
+                                                          "(oversample the smaller classes)."),
+    patience: int = typer.Option(3, "--patience", min=0, help="Stop after this many epochs without a better val AUC."),
     seed: int = typer.Option(0, "--seed"),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the base release."),
-    cache: Optional[str] = typer.Option(None, "--cache", callback=checks.store_target, help="pool4 prefix store (default: under cache/features)."),
+    cache: Optional[str] = typer.Option(None, "--cache", callback=checks.store_target, help="Prefix store (default: under cache/features)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Release name (default: BASE+FOLDER)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     precision: str = typer.Option("auto", "--precision", help="auto|bf16|fp16|fp32"),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode workers for the prefix cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Fine-tune the last conv block plus a head; blocks 1-4 run once into a cached pool4 store."""
+    """Fine-tune the last conv stages plus a head; the frozen prefix runs once into a cached store."""
     from featx.finetune import fine_tune as run
 
-    s = run(data, backbone, out, weights=weights, unfreeze=unfreeze, lr=lr, head_lr=head_lr, epochs=epochs, batch_size=batch_size,
-            head=head, hidden=hidden, dropout=dropout, augment=augment, patience=patience, seed=seed,
-            device=device, precision=precision, cache=cache, workers=workers, progress=not quiet)
+    s = run(data, backbone, out, unfreeze=unfreeze, from_tap=from_tap, lr=lr, layer_decay=layer_decay,
+            head_lr=head_lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, warmup=warmup,
+            label_smoothing=label_smoothing, head=head, hidden=hidden, dropout=dropout, augment=augment,
+            shift=shift, balance=balance, patience=patience, seed=seed, weights=weights, cache=cache, name=name,
+            device=device, precision=precision, workers=workers, progress=not quiet)
+    t = s.get("test") or {}
     typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}; val accuracy {s['val_accuracy']:.4f}"
-               + (f"; test accuracy {s['test_accuracy']:.4f} ({s['n_test']} images)" if s["test_accuracy"] is not None else "")
-               + f"; use it with --backbone {out} or --head {out}")
+               + (f"; test accuracy {t['accuracy']:.4f} ({t['n']} images)" if t else "")
+               + "".join(f"; {g} {t[f'accuracy_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
+                         if f"accuracy_{g}" in t)
+               + f"; {s['wall_seconds']:.0f}s; use it with --backbone {out} or --head {out}")

@@ -99,16 +99,31 @@ class FaceCropper:
         return [x0, y0, x1 - x0, y1 - y0]
 
 
+def backbone_of(head_dir, prov: dict) -> str:
+    """The backbone a head card names: a fine-tuned model's own folder (`release_dir`, relative to the
+    card, so the folder can move), else the release name."""
+    import json
+
+    folder = Path(head_dir) / prov.get("release_dir", ".")
+    try:
+        if json.loads((folder / "release.json").read_text()).get("name") == prov.get("release"):
+            return str(folder)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return prov["release"]
+
+
 class HeadModel:
     """A saved head with the backbone and tap its features came from, checked against the card."""
 
-    def __init__(self, head, card: dict, weights=None, device: str = "auto"):
+    def __init__(self, head, card: dict, weights=None, device: str = "auto", head_dir=None):
         from .extract import Extractor
         from .weights import load_backbone
 
         prov = card.get("provenance", {})
         release_name = prov.get("release")
-        loaded = load_backbone(release_name, weights)
+        backbone = backbone_of(head_dir, prov) if head_dir is not None else release_name
+        loaded = load_backbone(backbone, weights)
         release, _, sha = loaded
         want = prov.get("weights_sha256")
         if want and sha != want:
@@ -117,7 +132,7 @@ class HeadModel:
                              f"{want[:12]}; pass the weights file the store was extracted with")
         if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
             raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
-        self.ex = Extractor(release_name, tap=prov["tap"], device=device, precision="auto",
+        self.ex = Extractor(backbone, tap=prov["tap"], device=device, precision="auto",
                             dtype=prov.get("dtype") or "float32", loaded=loaded)
         self.head, self.classes = head, list(card["classes"])
 
@@ -194,7 +209,7 @@ def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None
     paths, errors = collect_images(inputs)
     yield from errors
     if paths:
-        yield from stream(HeadModel(head, card, weights, device), paths, cropper, batch_size)
+        yield from stream(HeadModel(head, card, weights, device, head_dir), paths, cropper, batch_size)
 
 
 def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
