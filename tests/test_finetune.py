@@ -81,7 +81,7 @@ def test_pool3_trains_blocks_4_and_5(env, tmp_path):
     assert lin["trained"] == ["pool4", "pool5"] and lin["prefix_tap"] == "pool3"
     assert s["val_accuracy"] > 0.7
     # the pool3 prefix is a feature store of its own, reused by the next run on the same data
-    stores = sorted(p.name for p in (tmp_path / "home" / "features").iterdir())
+    stores = sorted(p.name for p in (tmp_path / "home" / "features").glob("*.zarr"))
     assert len(stores) == 1 and stores[0].endswith("-pool3.zarr")
     assert FeatureStore.open(tmp_path / "home" / "features" / stores[0]).tap == "pool3"
 
