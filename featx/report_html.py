@@ -47,11 +47,11 @@ class EvalRun:
 
 # ---------- numbers (go into metrics.json) ----------
 
-def identity_buckets(ids: np.ndarray) -> np.ndarray:
-    """Each row's identity bucketed by how many of the scored rows share it: 1, 2-4, 5-9, 10+."""
+def identity_buckets(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each of `rows`, how many photos of its identity the whole store holds: 1, 2-4, 5-9 or 10+."""
     ids = np.asarray(ids, dtype=str)
     _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    per_row = counts[inverse]
+    per_row = counts[inverse][rows]
     return np.select([per_row == 1, per_row < 5, per_row < 10], ["1", "2-4", "5-9"], "10+").astype(str)
 
 
@@ -68,7 +68,7 @@ def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
             out[col] = labels
     ids = getattr(run.store, "groups", None)
     if ids is not None and IDENTITY_COLUMN not in run.groups:
-        out[IDENTITY_COLUMN] = identity_buckets(np.asarray(ids)[run.rows])
+        out[IDENTITY_COLUMN] = identity_buckets(ids, run.rows)
     return out
 
 
@@ -159,10 +159,10 @@ def provenance_table(prov: dict) -> str:
 
 def headline_table(metrics: dict) -> str:
     iv = metrics["intervals"]
-    rows = [f'<tr><th class="l">images</th><td data-key="n">{metrics["n"]}</td><td></td></tr>']
+    rows = [f'<tr><th class="l">images</th><td data-metric="n">{metrics["n"]}</td><td></td></tr>']
     for key in INTERVAL_KEYS:
-        rows.append(f'<tr><th class="l">{esc(key.replace("_", " "))}</th><td data-key="{key}">{fmt(metrics[key])}'
-                    f'</td><td data-interval="{key}">{fmt_interval(iv["overall"].get(key))}</td></tr>')
+        rows.append(f'<tr><th class="l">{esc(key.replace("_", " "))}</th><td data-metric="{key}">{fmt(metrics[key])}'
+                    f'</td><td data-metric-interval="{key}">{fmt_interval(iv["overall"].get(key))}</td></tr>')
     what = f"positive class: <b>{esc(metrics['positive'])}</b>" if metrics.get("positive") else \
         "macro averages over classes"
     return (f'<table><tr><th class="l">metric</th><th>value</th><th>{int(100 * iv["level"])}% interval</th></tr>'

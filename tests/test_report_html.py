@@ -29,7 +29,7 @@ def photo_store(tmp_path, n=300, shift=1.2, ids=True) -> FakeStore:
     root = tmp_path / "photos"
     store.attrs["manifest_root"] = str(root)
     if ids:
-        store.groups = np.asarray([f"person{i // 3}" if i < 150 else f"solo{i}" for i in range(n)])
+        store.groups = np.asarray([f"person{i // 12}" if i < 120 else f"solo{i}" for i in range(n)])
     for i in store.indices("test"):
         make_image(root / store.paths[i], seed=int(i), cls=int(y[i]))
     return store
@@ -97,11 +97,11 @@ def test_page_numbers_equal_metrics_json(report):
     assert set(REQUIRED_KEYS) <= set(data)
     assert 0.6 < data["accuracy"] < 1.0  # noisy on purpose: there are mistakes to show
     page = parse(rep / "report.html")
-    top = {a["data-key"]: t for a, t in page.cells if "data-key" in a and "data-bucket" not in a}
+    top = {a["data-metric"]: t for a, t in page.cells if "data-metric" in a}
     assert top["n"] == str(data["n"])
     for key in INTERVAL_KEYS:
         assert top[key] == fmt(data[key]), key
-    ivs = {a["data-interval"]: t for a, t in page.cells if "data-interval" in a}
+    ivs = {a["data-metric-interval"]: t for a, t in page.cells if "data-metric-interval" in a}
     for key in INTERVAL_KEYS:
         assert ivs[key] == fmt_iv(data["intervals"]["overall"][key])
     cm = {a["data-cell"]: t for a, t in page.cells if "data-cell" in a}
@@ -110,15 +110,20 @@ def test_page_numbers_equal_metrics_json(report):
     assert set(data["groups"]) == {"age"}
     assert set(data["extra_groups"]) == {"race", "photos per identity"}
     assert set(data["extra_groups"]["race"]) == {"0", "1", "2"}  # codes stay codes, not age bands
-    shown = {}
-    for a, t in page.cells:
-        if "data-bucket" in a:
-            shown[(a["data-group"], a["data-bucket"])] = t
+    # identities: 10 people with 12 photos each (rows < 120), everyone else alone
+    te = store.indices("test")
+    assert data["extra_groups"]["photos per identity"]["10+"]["n"] == int((te < 120).sum())
+    assert data["extra_groups"]["photos per identity"]["1"]["n"] == int((te >= 120).sum())
+    html_text = (rep / "report.html").read_text()
     for col, buckets in {**data["groups"], **data["extra_groups"]}.items():
         for b, g in buckets.items():
-            assert (col, b) in shown
-            assert fmt(g["accuracy"]) in shown[(col, b)] and fmt_iv(data["intervals"]["groups"][col][b]["accuracy"]) \
-                in shown[(col, b)]
+            row = re.search(re.escape(f'<tr data-group="{col}" data-bucket="{b}">') + '(.*?)</tr>', html_text).group(1)
+            cells = dict(re.findall(r'data-key="(\w+)">([^<]*)<', row))
+            cells_iv = dict(re.findall(r'data-interval="(\w+)">([^<]*)<', row))
+            assert cells["n"] == str(g["n"]) and cells["accuracy"] == fmt(g["accuracy"])
+            assert cells["roc_auc"] == fmt(g["roc_auc"])
+            assert cells_iv["accuracy"] == fmt_iv(data["intervals"]["groups"][col][b]["accuracy"])
+            assert cells_iv["balanced_accuracy"] == fmt_iv(data["intervals"]["groups"][col][b]["balanced_accuracy"])
 
 
 def test_intervals_contain_the_point_estimate(report):
