@@ -4,7 +4,9 @@
 
 Writes DIR/results.csv, DIR/results.md and DIR/results.png: accuracy, balanced accuracy, F1, ROC AUC,
 fit seconds, predict microseconds per image (head only, features in memory, best of 3) and the
-hyperparameters each head chose on the validation split. Trained heads go to DIR/heads/<store>/<head>.
+hyperparameters each head chose on the validation split. Trained heads go to DIR/heads/<store>/<head>,
+their `featx evaluate` reports to DIR/reports/<store>/<head>, and DIR/compare.html is the same page as
+`featx compare DIR/reports/*/*` (one page per store, DIR/compare-<store>/, when the stores' rows differ).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.heads import HEADS, load_head, open_store, store_label, train
-from featx.report import compute_metrics
+from featx.compare import compare
+from featx.report import compute_metrics, evaluate
 
 COLUMNS = ["store", "head", "n_train", "n_test", "accuracy", "balanced_accuracy", "f1", "roc_auc", "fit_s",
            "predict_us_per_image", "chosen"]
@@ -56,8 +59,26 @@ def run_store(path: str, label: str, heads: list[str], out: Path, split: str, se
                "chosen": " ".join(f"{k}={v}" for k, v in chosen.items())}
         print(f"[{label}] {kind}: acc={fmt(row['accuracy'])} f1={fmt(row['f1'])} auc={fmt(row['roc_auc'])} "
               f"fit={row['fit_s']:.2f}s predict={us:.2f}us/img {row['chosen']}", flush=True)
+        row["report"] = out / "reports" / label / kind
+        evaluate(head_dir, store, split=split, report_dir=row["report"])
         rows.append(row)
     return rows
+
+
+def compare_pages(rows: list[dict], out: Path) -> list[Path]:
+    """The `featx compare` page over every report; one page per store when their rows differ."""
+    try:
+        return [Path(compare([r["report"] for r in rows], out)["page"])]
+    except FeatxError as e:
+        if "different test rows" not in str(e):
+            raise
+        print(f"note: {e}; writing one comparison per store", flush=True)
+    pages = []
+    for label in dict.fromkeys(r["store"] for r in rows):
+        reports = [r["report"] for r in rows if r["store"] == label]
+        if len(reports) > 1:
+            pages.append(Path(compare(reports, out / f"compare-{label}")["page"]))
+    return pages
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -126,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             label = label if label not in labels else f"{label}-{len(labels)}"
             labels.append(label)
             rows += run_store(path, label, heads, args.out, args.split, args.seed, args.class_weight)
+        pages = compare_pages(rows, args.out) if len(rows) > 1 else []
     except FeatxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_tables(rows, args.out)
     plot(rows, args.out)
     print((args.out / "results.md").read_text())
-    print(f"wrote {args.out}/results.csv, results.md, results.png")
+    print(f"wrote {args.out}/results.csv, results.md, results.png" + "".join(f", {p}" for p in pages))
     return 0
 
 

@@ -58,7 +58,7 @@ def evaluate(
     ctx = metrics["context"]
     print(f"{ctx['head_type']} head on {ctx['store']} [{split}]")
     print(summary_table(metrics))
-    print(f"report: {ctx['report']}/metrics.json, report.md, *.png")
+    print(f"report: {ctx['report']}/report.html, metrics.json, predictions.csv, report.md, *.png")
 
 
 @app.command("predict")
