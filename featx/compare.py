@@ -156,6 +156,10 @@ def accuracy_plot(runs: list[dict]) -> bytes:
     return png_bytes(fig)
 
 
+def seconds(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 def ranking_table(runs: list[dict]) -> str:
     from .report_html import esc, fmt, fmt_interval
 
@@ -167,8 +171,8 @@ def ranking_table(runs: list[dict]) -> str:
                     f'<td>{r["n"]}</td><td data-key="accuracy">{fmt(r["accuracy"])}</td>'
                     f'<td data-key="interval">{fmt_interval(r["accuracy_interval"])}</td>'
                     f'<td>{fmt(r["balanced_accuracy"])}</td><td>{fmt(r["roc_auc"])}</td>'
-                    f'<td data-key="fit">{fmt(r["fit_seconds"])}</td><td data-key="predict">'
-                    f'{fmt(r["predict_seconds"])}</td><td class="l">{esc(r["folder"])}</td></tr>')
+                    f'<td data-key="fit">{seconds(r["fit_seconds"])}</td><td data-key="predict">'
+                    f'{seconds(r["predict_seconds"])}</td><td class="l">{esc(r["folder"])}</td></tr>')
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -191,7 +195,7 @@ def pairs_table(summary: dict) -> str:
 def provenance_rows(runs: list[dict]) -> str:
     from .report_html import esc
 
-    keys = ("release", "tap", "weights_sha256", "manifest_hash", "head_params", "featx_version", "date")
+    keys = ("store", "release", "tap", "weights_sha256", "manifest_hash", "head_params", "featx_version", "date")
     head = "<tr><th>rank</th>" + "".join(f'<th class="l">{k.replace("_", " ")}</th>' for k in keys) + "</tr>"
     rows = []
     for r in runs:
@@ -208,7 +212,7 @@ def page(summary: dict) -> str:
     runs = summary["runs"]
     title = f"featx compare: {len(runs)} runs on the same {runs[0]['n']} rows"
     body = [f"<h1>{esc(title)}</h1>",
-            f'<p class="note">featx {esc(summary["featx_version"])}, {esc(summary["date"])} UTC. '
+            f'<p class="note">featx {esc(summary["featx_version"])}, {esc(summary["date"])}. '
             f"{esc(summary['test'])}.</p>",
             "<h2>Ranking</h2>", img(accuracy_plot(runs), "accuracy with intervals"), ranking_table(runs),
             '<p class="note">fit s: training with the hyperparameter search (head.json); predict s: the head '
