@@ -230,3 +230,30 @@ def test_numeric_codes_are_not_age_bands_when_named():
     assert bucket_column(["0", "1", "4"], "race").tolist() == ["0", "1", "4"]
     assert bucket_column(["3", "45"], "age").tolist() == ["0-12", "40-59"]
     assert bucket_column(["3", "45"]).tolist() == ["0-12", "40-59"]
+
+
+def test_cli_report_on_a_real_store_of_photos(csv_dataset, tiny_weights, tmp_path, capsys):
+    """extract -> train-head -> evaluate --report on a real Zarr store: thumbnails come from the source photos."""
+    from featx.extract import extract
+    from featx.store import FeatureStore
+    from featx_cli.main import main
+
+    store = tmp_path / "f.zarr"
+    extract(csv_dataset, "vgg16.hed", store, weights=tiny_weights, precision="fp32", workers=0, progress=False,
+            rows_per_shard=8)
+    assert main(["train-head", "--store", str(store), "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    fs = FeatureStore.open(store)
+    te = fs.indices("test")
+    (csv_dataset.parent / fs.paths[te[0]]).unlink()  # a photo removed after extraction
+    capsys.readouterr()
+    assert main(["evaluate", "--head", str(tmp_path / "h"), "--store", str(store), "--by", "age",
+                 "--report", str(tmp_path / "rep")]) == 0
+    assert f"report: {tmp_path / 'rep'}/report.html" in capsys.readouterr().out
+    page = parse(tmp_path / "rep" / "report.html")
+    cards = {int(a["data-row"]): a["data-missing"] for a, _ in page.cells if "data-row" in a}
+    assert set(cards) == set(te.tolist())  # few rows: every row is a hit or a mistake on show
+    assert cards.pop(int(te[0])) == "1" and set(cards.values()) == {"0"}
+    data = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    prov = {a["data-prov"]: t for a, t in page.cells if "data-prov" in a}
+    assert prov["weights sha256"] == fs.attrs["weights_sha256"] == data["provenance"]["weights_sha256"]
+    assert prov["manifest hash"] == fs.attrs["manifest_hash"] and data["n"] == len(te)
