@@ -21,7 +21,7 @@ def not_built(command: str, issue: int) -> None:
     raise FeatxError(f"`featx {command}` is not built yet (planned in issue #{issue})")
 
 
-from . import data_cmd, weights_cmd, extract_cmd, heads_cmd, finetune_cmd, compare_cmd  # noqa: E402,F401  (register commands)
+from . import data_cmd, weights_cmd, extract_cmd, heads_cmd, finetune_cmd, compare_cmd  # noqa: E402,F401  (commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,7 +180,8 @@ def pairs_table(summary: dict) -> str:
     from .report_html import esc
 
     head = ("<tr><th class=\"l\">A</th><th class=\"l\">B</th><th>only A right</th><th>only B right</th>"
-            "<th>both right</th><th>both wrong</th><th>p (exact)</th><th>p (Holm)</th><th class=\"l\">verdict</th></tr>")
+            "<th>both right</th><th>both wrong</th><th>p (exact)</th><th>p (Holm)</th>"
+            "<th class=\"l\">verdict</th></tr>")
     rows = []
     for p in summary["pairs"]:
         verdict = (f"differ at {summary['alpha']:g}" if p["p_holm"] < summary["alpha"]

@@ -89,12 +89,9 @@ def group_bars(col: str, buckets: dict, intervals: dict) -> bytes:
     names = list(buckets)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.4))
     x = np.arange(len(names))
-    acc = np.array([buckets[b]["accuracy"] if buckets[b]["accuracy"] is not None else np.nan for b in names])
-    lo = np.array([(intervals.get(b) or {}).get("accuracy", [np.nan])[0] if (intervals.get(b) or {}).get(
-        "accuracy") else np.nan for b in names])
-    hi = np.array([intervals[b]["accuracy"][1] if (intervals.get(b) or {}).get("accuracy") else np.nan
-                   for b in names])
-    err = np.vstack([np.clip(acc - lo, 0, None), np.clip(hi - acc, 0, None)])
+    acc = np.array([np.nan if buckets[b]["accuracy"] is None else buckets[b]["accuracy"] for b in names])
+    bounds = np.array([(intervals.get(b) or {}).get("accuracy") or [np.nan, np.nan] for b in names]).reshape(-1, 2)
+    err = np.vstack([np.clip(acc - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - acc, 0, None)])
     ax.bar(x, np.nan_to_num(acc), color="#4c72b0", yerr=np.nan_to_num(err), capsize=4, ecolor="black")
     ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
     ax.set_ylim(0, 1.05)
