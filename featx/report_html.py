@@ -21,6 +21,7 @@ from . import report_plots as plots
 from .metrics import INTERVAL_KEYS, calibration, interval_block
 
 MAX_BUCKETS = 20  # an extra column with more distinct values is not a group column
+MAX_EXTRA = 8  # group columns shown beyond --by (name more with --by)
 GALLERY = 12  # thumbnails per gallery row
 MAP_POINTS = 3000  # rows drawn in the feature map
 IDENTITY_COLUMN = "photos per identity"
@@ -56,12 +57,13 @@ def identity_buckets(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
-    """Group columns the store has beyond --by: extras with at most MAX_BUCKETS buckets, and identity counts."""
+    """Group columns the store has beyond --by: the first MAX_EXTRA extras with 2 to MAX_BUCKETS buckets,
+    and identity counts when the store has identities."""
     from .report import bucket_column
 
     out = {}
     for col, values in dict(getattr(run.store, "extras", {}) or {}).items():
-        if col in run.groups:
+        if col in run.groups or len(out) >= MAX_EXTRA:
             continue
         labels = bucket_column(np.asarray(values)[run.rows], col)
         if 1 < len(set(labels.tolist())) <= MAX_BUCKETS:
@@ -276,6 +278,10 @@ def page(metrics: dict, run: EvalRun) -> str:
     groups = {**metrics.get("groups", {}), **metrics.get("extra_groups", {})}
     group_html = "".join(group_section(c, b, iv.get(c, {}), classes) for c, b in groups.items()) or \
         '<p class="note">The data has no group columns.</p>'
+    unshown = [c for c in dict(getattr(run.store, "extras", {}) or {}) if c not in groups]
+    if unshown:
+        group_html += (f'<p class="note">Not shown (too many values, or past the first {MAX_EXTRA}; name them '
+                       f"with --by): {esc(', '.join(unshown))}.</p>")
     t = metrics.get("timing", {})
     timing = (f"predict {t['predict_seconds']:.3f} s for {t['predict_rows']} rows" if t.get("predict_seconds")
               is not None else "")

@@ -25,7 +25,8 @@ def photo_store(tmp_path, n=300, shift=1.2, ids=True) -> FakeStore:
     """A fake store of noisy features (so the head makes mistakes) whose test rows have real tiny photos."""
     X, y = separable(n, 16, 2, seed=4, shift=shift)
     ages = [str(3 + (i * 7) % 80) for i in range(n)]
-    store = FakeStore(X, y, ["female", "male"], extras={"age": ages, "race": [str(i % 3) for i in range(n)]})
+    store = FakeStore(X, y, ["female", "male"], extras={"age": ages, "race": [str(i % 3) for i in range(n)],
+                                                                  "shot": [f"s{i}" for i in range(n)]})
     root = tmp_path / "photos"
     store.attrs["manifest_root"] = str(root)
     if ids:
@@ -110,6 +111,7 @@ def test_page_numbers_equal_metrics_json(report):
     assert set(data["groups"]) == {"age"}
     assert set(data["extra_groups"]) == {"race", "photos per identity"}
     assert set(data["extra_groups"]["race"]) == {"0", "1", "2"}  # codes stay codes, not age bands
+    assert "with --by): shot." in (rep / "report.html").read_text()  # one value per row: not a group
     # identities: 10 people with 12 photos each (rows < 120), everyone else alone
     te = store.indices("test")
     assert data["extra_groups"]["photos per identity"]["10+"]["n"] == int((te < 120).sum())
