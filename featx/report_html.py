@@ -141,8 +141,8 @@ h1{font-size:1.5em;margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bot
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.prov td{text-align:left;font-family:monospace;font-size:.85em}
 .plot{max-width:100%;height:auto}.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:136px;font-size:.72em;border:1px solid #ddd;padding:4px;
-word-break:break-all}.card img,.missing{width:128px;height:128px;object-fit:contain;background:#eee}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}.card{width:136px;font-size:.72em;border:1px solid #ddd;padding:4px}
+.path{word-break:break-all;color:#555}.card img,.missing{width:128px;height:128px;object-fit:contain;background:#eee}
 .missing{display:flex;align-items:center;justify-content:center;color:#a00;font-weight:bold}
 .note{color:#555;font-size:.9em}
 """
@@ -228,7 +228,7 @@ def gallery_card(run: EvalRun, i: int, classes: list[str], columns: dict[str, np
     groups = ", ".join(f"{c}={v[i]}" for c, v in columns.items())
     p = run.pred[i]
     return (f'<div class="card" data-row="{int(run.rows[i])}" data-missing="{int(thumb is None)}">{picture}'
-            f"<div>{esc(path)}</div><div>true <b>{esc(classes[run.y[i]])}</b>, predicted "
+            f'<div class="path">{esc(path)}</div><div>true <b>{esc(classes[run.y[i]])}</b>, predicted '
             f"<b>{esc(classes[p])}</b> ({run.proba[i, p]:.3f})</div><div>{esc(groups)}</div></div>")
 
 
