@@ -99,10 +99,12 @@ def holm(pvalues: list[float]) -> list[float]:
 def summarise(runs: list[Run]) -> dict:
     """Ranking (best accuracy first) and one exact McNemar test per pair, as plain JSON."""
     ranked = sorted(runs, key=lambda r: -(r.metrics.get("accuracy") or 0.0))
+    plain = [r.label for r in ranked]
+    labels = [f"{x} [{r.folder}]" if plain.count(x) > 1 else x for x, r in zip(plain, ranked)]
     table = []
     for rank, run in enumerate(ranked, 1):
         m, t = run.metrics, run.metrics.get("timing", {})
-        table.append({"rank": rank, "label": run.label, "folder": str(run.folder), "n": int(len(run.rows)),
+        table.append({"rank": rank, "label": labels[rank - 1], "folder": str(run.folder), "n": int(len(run.rows)),
                       "accuracy": m.get("accuracy"), "accuracy_interval": accuracy_interval(run),
                       "balanced_accuracy": m.get("balanced_accuracy"), "roc_auc": m.get("roc_auc"),
                       "fit_seconds": t.get("fit_seconds"), "predict_seconds": t.get("predict_seconds"),
@@ -110,7 +112,7 @@ def summarise(runs: list[Run]) -> dict:
     pairs = []
     for (i, a), (j, b) in combinations(enumerate(ranked, 1), 2):
         test = mcnemar_exact(a.correct, b.correct)
-        pairs.append({"a": i, "b": j, "a_label": a.label, "b_label": b.label, **test})
+        pairs.append({"a": i, "b": j, "a_label": labels[i - 1], "b_label": labels[j - 1], **test})
     for p, adj in zip(pairs, holm([p["p_value"] for p in pairs])):
         p["p_holm"] = adj
     from . import __version__

@@ -138,6 +138,9 @@ def test_cli_compare_prints_the_ranking(reports, tmp_path, capsys):
     assert main(["compare", *map(str, dirs.values()), "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("1. ") and "McNemar p=" in out and f"page: {tmp_path / 'c' / 'compare.html'}" in out
+    # the same report twice: labels carry the folder, and the pair has no discordant rows
+    s = compare([dirs["sgd"], dirs["sgd"]], tmp_path / "c3")
+    assert s["runs"][0]["label"] == f"sgd on fake [{dirs['sgd']}]" and s["pairs"][0]["p_value"] == 1.0
 
 
 def test_benchmark_writes_the_same_page(tmp_path, monkeypatch, capsys):
