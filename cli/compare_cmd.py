@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-<<<<<<< HEAD
 from . import checks
 
 
@@ -14,15 +13,6 @@ def compare(
     reports: list[Path] = typer.Argument(..., help="Report folders written by `featx evaluate` (two or more)."),
     out: Path = typer.Option(Path("compare"), "--out", callback=checks.out_dir,
                              help="Folder for compare.html and compare.json."),
-=======
-from .main import app
-
-
-@app.command("compare")
-def compare(
-    reports: list[Path] = typer.Argument(..., help="Report folders written by `featx evaluate` (two or more)."),
-    out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.html and compare.json."),
->>>>>>> h16
 ) -> None:
     """Rank heads, backbones or runs on the same test rows: accuracy with intervals, times, paired McNemar tests."""
     from featx.compare import compare as run

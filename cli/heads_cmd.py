@@ -51,7 +51,7 @@ def evaluate(
     report: Optional[Path] = typer.Option(None, "--report", callback=checks.out_dir,
                                           help="Report folder (default <head>/report-<store>-<split>)."),
 ) -> None:
-    """Score a saved head on a feature store; write metrics.json, report.md and plots."""
+    """Score a saved head on a feature store; write report.html, metrics.json, predictions.csv, report.md and plots."""
     from featx.report import evaluate as run, summary_table
 
     metrics = run(head, store, split=split, by=by, report_dir=report)

@@ -1,6 +1,7 @@
-"""Error bars and paired tests for evaluations: bootstrap intervals, calibration, exact McNemar.
+"""The one metrics module: the metrics of an evaluation (`compute_metrics`, what metrics.json holds), and
+their error bars and paired tests (bootstrap intervals, calibration, exact McNemar).
 
-The point metrics themselves come from featx.report.compute_metrics; the bootstrap here recomputes the
+The bootstrap recomputes the
 same definitions on resampled rows (binary: the positive class is the second class; more classes:
 macro averages over the classes present), so an interval always describes the number it sits beside.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .errors import FeatxError
 
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
 N_BOOT = 1000
@@ -170,3 +173,92 @@ def binomial_two_sided(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
     return min(1.0, 2 * tail / 2 ** n)
+
+
+# --- the metrics of one evaluation (metrics.json) ---------------------------------------------
+
+def _div(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def _binary_scores(tp, fp, fn, tn) -> dict:
+    precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "specificity": _div(tn, tn + fp)}
+
+
+def _auc(y_pos: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC, or None when only one class is present."""
+    if y_pos.all() or not y_pos.any():
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y_pos, score))
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndarray] | None = None) -> dict:
+    """Metrics for integer labels `y_true` (indices into classes) and probabilities [n, K].
+
+    groups: {column: bucket label per row}; each bucket gets the same metrics (without per_class).
+    Undefined values (e.g. recall with no positives, AUC with one class) are None.
+    """
+    from .report import ordered_buckets  # group order lives with the grouping
+
+    y = np.asarray(y_true).astype(np.int64)
+    proba = np.asarray(proba, np.float64)
+    K = len(classes)
+    if proba.ndim != 2 or proba.shape[1] != K:
+        raise FeatxError(f"probabilities have shape {proba.shape}, expected [n, {K}]")
+    if len(y) != len(proba):
+        raise FeatxError(f"{len(y)} labels but {len(proba)} predictions")
+    pred = proba.argmax(axis=1)
+    cm = np.zeros((K, K), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    n = int(len(y))
+    support = cm.sum(axis=1)
+    per_class = {}
+    for k, name in enumerate(classes):
+        tp = cm[k, k]
+        fp, fn = cm[:, k].sum() - tp, cm[k, :].sum() - tp
+        s = _binary_scores(tp, fp, fn, n - tp - fp - fn)
+        per_class[name] = {**s, "roc_auc": _auc(y == k, proba[:, k]), "support": int(support[k])}
+    m = {
+        "n": n,
+        "accuracy": _div(np.trace(cm), n),
+        "balanced_accuracy": _mean([per_class[c]["recall"] for c in classes]),
+    }
+    if K == 2:
+        m.update(_binary_scores(cm[1, 1], cm[0, 1], cm[1, 0], cm[0, 0]))
+        m["roc_auc"] = _auc(y == 1, proba[:, 1])
+        m["positive"] = classes[1]
+    else:
+        for key in ("precision", "recall", "f1", "specificity"):
+            m[key] = _mean([per_class[c][key] for c in classes if per_class[c]["support"]])
+        m["roc_auc"] = _mean([per_class[c]["roc_auc"] for c in classes])
+        m["positive"] = None
+        m["averaging"] = "macro over classes present"
+    m["confusion"] = cm.tolist()
+    m["classes"] = list(classes)
+    m["per_class"] = per_class
+    m["groups"] = {}
+    for col, labels in (groups or {}).items():
+        labels = np.asarray(labels, dtype=str)
+        m["groups"][col] = {}
+        for b in ordered_buckets(labels):
+            sel = labels == b
+            g = compute_metrics(y[sel], proba[sel], classes)
+            for key in ("groups", "per_class", "classes", "positive", "averaging"):
+                g.pop(key, None)
+            g["class_counts"] = {c: int(v) for c, v in zip(classes, np.bincount(y[sel], minlength=K))}
+            m["groups"][col][b] = g
+    return m
+
+
+# ---------- group buckets ----------

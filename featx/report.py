@@ -19,96 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatxError
+from .metrics import compute_metrics  # noqa: F401  (featx.report.compute_metrics stays importable)
 
 AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
 UNKNOWN = "unknown"
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
 
-
-def _div(a: float, b: float) -> float | None:
-    return float(a) / float(b) if b else None
-
-
-def _binary_scores(tp, fp, fn, tn) -> dict:
-    precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
-    f1 = None
-    if precision is not None and recall is not None:
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "specificity": _div(tn, tn + fp)}
-
-
-def _auc(y_pos: np.ndarray, score: np.ndarray) -> float | None:
-    """ROC AUC, or None when only one class is present."""
-    if y_pos.all() or not y_pos.any():
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y_pos, score))
-
-
-def _mean(values) -> float | None:
-    v = [x for x in values if x is not None]
-    return float(np.mean(v)) if v else None
-
-
-def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndarray] | None = None) -> dict:
-    """Metrics for integer labels `y_true` (indices into classes) and probabilities [n, K].
-
-    groups: {column: bucket label per row}; each bucket gets the same metrics (without per_class).
-    Undefined values (e.g. recall with no positives, AUC with one class) are None.
-    """
-    y = np.asarray(y_true).astype(np.int64)
-    proba = np.asarray(proba, np.float64)
-    K = len(classes)
-    if proba.ndim != 2 or proba.shape[1] != K:
-        raise FeatxError(f"probabilities have shape {proba.shape}, expected [n, {K}]")
-    if len(y) != len(proba):
-        raise FeatxError(f"{len(y)} labels but {len(proba)} predictions")
-    pred = proba.argmax(axis=1)
-    cm = np.zeros((K, K), np.int64)
-    np.add.at(cm, (y, pred), 1)
-    n = int(len(y))
-    support = cm.sum(axis=1)
-    per_class = {}
-    for k, name in enumerate(classes):
-        tp = cm[k, k]
-        fp, fn = cm[:, k].sum() - tp, cm[k, :].sum() - tp
-        s = _binary_scores(tp, fp, fn, n - tp - fp - fn)
-        per_class[name] = {**s, "roc_auc": _auc(y == k, proba[:, k]), "support": int(support[k])}
-    m = {
-        "n": n,
-        "accuracy": _div(np.trace(cm), n),
-        "balanced_accuracy": _mean([per_class[c]["recall"] for c in classes]),
-    }
-    if K == 2:
-        m.update(_binary_scores(cm[1, 1], cm[0, 1], cm[1, 0], cm[0, 0]))
-        m["roc_auc"] = _auc(y == 1, proba[:, 1])
-        m["positive"] = classes[1]
-    else:
-        for key in ("precision", "recall", "f1", "specificity"):
-            m[key] = _mean([per_class[c][key] for c in classes if per_class[c]["support"]])
-        m["roc_auc"] = _mean([per_class[c]["roc_auc"] for c in classes])
-        m["positive"] = None
-        m["averaging"] = "macro over classes present"
-    m["confusion"] = cm.tolist()
-    m["classes"] = list(classes)
-    m["per_class"] = per_class
-    m["groups"] = {}
-    for col, labels in (groups or {}).items():
-        labels = np.asarray(labels, dtype=str)
-        m["groups"][col] = {}
-        for b in ordered_buckets(labels):
-            sel = labels == b
-            g = compute_metrics(y[sel], proba[sel], classes)
-            for key in ("groups", "per_class", "classes", "positive", "averaging"):
-                g.pop(key, None)
-            g["class_counts"] = {c: int(v) for c, v in zip(classes, np.bincount(y[sel], minlength=K))}
-            m["groups"][col][b] = g
-    return m
-
-
-# ---------- group buckets ----------
 
 def _number(v: str) -> float | None:
     try:
@@ -288,15 +205,38 @@ def write_report(report_dir: str | Path, metrics: dict, y_true=None, proba=None)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .heads import to_json
 
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    classes = metrics["classes"]
+    files: dict[str, Path] = {"confusion": _confusion_png(out, metrics)}
+    if y_true is not None and proba is not None:
+        roc = _roc_png(out, metrics, np.asarray(y_true), np.asarray(proba))
+        if roc is not None:
+            files["roc"] = roc
+    for col, buckets in metrics.get("groups", {}).items():
+        files[f"groups_{col}"] = _groups_png(out, col, buckets)
+    files["metrics"] = out / "metrics.json"
+    files["metrics"].write_text(json.dumps(to_json(metrics), indent=2) + "\n")
+    files["markdown"] = out / "report.md"
+    plots = [p.name for k, p in files.items() if p.suffix == ".png"]
+    files["markdown"].write_text(markdown(metrics, plots))
+    return files
 
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _confusion_png(out: Path, metrics: dict) -> Path:
+    import matplotlib.pyplot as plt
+
+    classes = metrics["classes"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(classes), 1.2 + 1.0 * len(classes)))
     cm = np.asarray(metrics["confusion"])
     ax.imshow(cm, cmap="Blues")
@@ -309,55 +249,42 @@ def write_report(report_dir: str | Path, metrics: dict, y_true=None, proba=None)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"Confusion (n={metrics['n']}, acc={_fmt(metrics['accuracy'])})")
-    fig.tight_layout()
-    files["confusion"] = out / "confusion.png"
-    fig.savefig(files["confusion"], dpi=100)
-    plt.close(fig)
+    return _save(fig, out / "confusion.png")
 
-    if y_true is not None and proba is not None:
-        from sklearn.metrics import roc_curve
 
-        y_true, proba = np.asarray(y_true), np.asarray(proba)
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        curves = [1] if len(classes) == 2 else range(len(classes))
-        for k in curves:
-            pos = y_true == k
-            if pos.any() and not pos.all():
-                fpr, tpr, _ = roc_curve(pos, proba[:, k])
-                auc = metrics["roc_auc"] if len(classes) == 2 else metrics["per_class"][classes[k]]["roc_auc"]
-                label = f"{classes[k]}" + (f" (AUC {auc:.3f})" if auc is not None else "")
-                ax.plot(fpr, tpr, label=label)
-        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title("ROC")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right")
-        fig.tight_layout()
-        files["roc"] = out / "roc.png"
-        fig.savefig(files["roc"], dpi=100)
-        plt.close(fig)
+def _roc_png(out: Path, metrics: dict, y_true: np.ndarray, proba: np.ndarray) -> Path | None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
 
-    for col, buckets in metrics.get("groups", {}).items():
-        names = list(buckets)
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
-        x = np.arange(len(names))
-        for off, key in ((-0.2, "accuracy"), (0.2, "balanced_accuracy")):
-            vals = [buckets[b][key] if buckets[b][key] is not None else 0.0 for b in names]
-            ax.bar(x + off, vals, width=0.4, label=key.replace("_", " "))
-        ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"By {col}")
-        ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in col)
-        files[f"groups_{col}"] = out / f"groups-{safe}.png"
-        fig.savefig(files[f"groups_{col}"], dpi=100)
-        plt.close(fig)
+    classes = metrics["classes"]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for k in ([1] if len(classes) == 2 else range(len(classes))):
+        pos = y_true == k
+        if pos.any() and not pos.all():
+            fpr, tpr, _ = roc_curve(pos, proba[:, k])
+            auc = metrics["roc_auc"] if len(classes) == 2 else metrics["per_class"][classes[k]]["roc_auc"]
+            ax.plot(fpr, tpr, label=f"{classes[k]}" + (f" (AUC {auc:.3f})" if auc is not None else ""))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    return _save(fig, out / "roc.png")
 
-    files["metrics"] = out / "metrics.json"
-    files["metrics"].write_text(json.dumps(to_json(metrics), indent=2) + "\n")
-    files["markdown"] = out / "report.md"
-    plots = [p.name for k, p in files.items() if p.suffix == ".png"]
-    files["markdown"].write_text(markdown(metrics, plots))
-    return files
+
+def _groups_png(out: Path, col: str, buckets: dict) -> Path:
+    import matplotlib.pyplot as plt
+
+    names = list(buckets)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    for off, key in ((-0.2, "accuracy"), (0.2, "balanced_accuracy")):
+        vals = [buckets[b][key] if buckets[b][key] is not None else 0.0 for b in names]
+        ax.bar(x + off, vals, width=0.4, label=key.replace("_", " "))
+    ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"By {col}")
+    ax.legend(loc="lower right", fontsize=8)
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in col)
+    return _save(fig, out / f"groups-{safe}.png")
