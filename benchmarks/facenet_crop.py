@@ -15,7 +15,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -29,7 +28,7 @@ from featx.weights import load_backbone
 def features(ex: Extractor, root, paths, batch: int = 32) -> tuple[np.ndarray, float]:
     loader = DataLoader(ImageRows(root, paths, ex.preprocess), batch_size=batch, num_workers=1)
     out, t0 = [], time.time()
-    for _, x, ok, _ in loader:
+    for _, x, _, _ in loader:
         out.append(ex(x)[0])
     return np.concatenate(out).astype(np.float32), len(paths) / (time.time() - t0)
 
