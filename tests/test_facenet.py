@@ -265,3 +265,96 @@ def test_graphdef_reader_decodes_nodes_attrs_and_tensors(tmp_path):
     path.write_bytes(data[:-5])
     with pytest.raises(FeatxError, match="graph.pb"):
         read_nodes(path)
+
+
+def tf_scope(key: str, n_block8: int) -> str:
+    """Canonical module path -> the TF scope the facenet graph uses (inverse of facenet.canonical_scope)."""
+    parts = key.split(".")
+    if parts[0] == "stem":
+        parts = parts[1:]
+    elif parts[0] in ("block35", "block17", "block8"):
+        i = int(parts[1])
+        repeat = {"block35": "Repeat", "block17": "Repeat_1", "block8": "Repeat_2"}[parts[0]]
+        head = "Block8" if parts[0] == "block8" and i == n_block8 else f"{repeat}/{parts[0]}_{i + 1}"
+        parts = [head] + parts[2:]
+    return "InceptionResnetV1/" + "/".join(p[0].upper() + p[1:] for p in parts)
+
+
+def _const(name: str, a: np.ndarray) -> bytes:
+    return _node(name, "Const", attrs={"value": _field(8, _tensor(np.asarray(a, np.float32)))})
+
+
+def tiny_graphdef(sd: dict, model, bn: dict) -> bytes:
+    """A frozen-graph-shaped GraphDef of a tiny FaceNet: HWIO conv weights, BiasAdds, residual Muls,
+    the bottleneck MatMul + FusedBatchNorm (bn: gamma, beta, mean, var, eps) and an `embeddings` node."""
+    n8 = len(model.block8) - 1
+    out = _node("input", "Placeholder", attrs={"dtype": _field(6, 1, 0)})
+    for name, conv in model.named_modules():
+        if not isinstance(conv, torch.nn.Conv2d):
+            continue
+        scope = tf_scope(name, n8)
+        s = conv.stride[0]
+        attrs = {"strides": _field(1, _field(3, b"".join(_varint(v) for v in (1, s, s, 1)))),
+                 "padding": _field(2, b"SAME" if any(conv.padding) else b"VALID")}
+        out += _const(f"{scope}/weights", sd[f"{name}.weight"].numpy().transpose(2, 3, 1, 0))
+        out += _node(f"{scope}/Conv2D", "Conv2D", ["x", f"{scope}/weights"], attrs)
+        out += _const(f"{scope}/Conv2D_bn_offset", sd[f"{name}.bias"].numpy())
+        out += _node(f"{scope}/BiasAdd", "BiasAdd", [f"{scope}/Conv2D", f"{scope}/Conv2D_bn_offset"])
+    for key in (k for k in sd if k.endswith(".scale")):
+        scope = tf_scope(key[: -len(".scale")], n8)
+        out += _const(f"{scope}/mul/x", sd[key].numpy().reshape(()))
+        out += _node(f"{scope}/mul", "Mul", [f"{scope}/mul/x", f"{scope}/Conv2d_1x1/BiasAdd"])
+    b = "InceptionResnetV1/Bottleneck"
+    out += _const(f"{b}/weights", sd["bottleneck.weight"].numpy().T)
+    out += _node(f"{b}/MatMul", "MatMul", ["pool", f"{b}/weights"])
+    names = [f"{b}/BatchNorm/{k}" for k in ("Const", "beta", "moving_mean", "moving_variance")]
+    for n, k in zip(names, ("gamma", "beta", "mean", "var")):
+        out += _const(n, bn[k])
+    out += _node(f"{b}/BatchNorm/FusedBatchNorm", "FusedBatchNorm", [f"{b}/MatMul", *names],
+                 {"epsilon": _field(4, struct.pack("<f", bn["eps"]), 5)})
+    return out + _node("embeddings", "Mul", [f"{b}/BatchNorm/FusedBatchNorm", "rsqrt"])
+
+
+def test_graphdef_converts_to_the_canonical_state_dict(tmp_path):
+    from featx.importers import read_file
+
+    sd = tiny_state_dict(seed=5)
+    model = fn.from_state_dict(sd)
+    rng = np.random.default_rng(1)
+    e = sd["bottleneck.weight"].shape[0]
+    bn = {"gamma": 1 + rng.random(e), "beta": rng.normal(0, 1, e), "mean": rng.normal(0, 1, e),
+          "var": 0.5 + rng.random(e), "eps": 0.001}
+    path = tmp_path / "graph_final.pb"  # the graph holds the raw matmul; its batch norm is folded on import
+    path.write_bytes(tiny_graphdef(sd, model, bn))
+    imp = read_file(path)
+    assert (imp.format, imp.channels) == ("tf-graphdef", "RGB")
+    got = imp.state_dict
+    assert set(got) == set(sd)
+    for k in sd:
+        if not k.startswith("bottleneck."):
+            assert torch.allclose(got[k], sd[k]), k
+    s = bn["gamma"] / np.sqrt(bn["var"] + np.float32(bn["eps"]))
+    w = sd["bottleneck.weight"].numpy().astype(np.float64) * s[:, None]
+    np.testing.assert_allclose(got["bottleneck.weight"].numpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["bottleneck.bias"].numpy(), bn["beta"] - bn["mean"] * s, rtol=1e-5, atol=1e-5)
+    # the folded bottleneck equals batch norm applied after the raw matmul
+    pooled = torch.randn(3, sd["bottleneck.weight"].shape[1])
+    raw = (pooled.double() @ sd["bottleneck.weight"].double().T).numpy()
+    want = (raw - bn["mean"]) * s + bn["beta"]
+    np.testing.assert_allclose(fn.from_state_dict(got).bottleneck(pooled).detach().numpy(), want, atol=1e-4)
+
+
+def test_graphdef_with_other_geometry_is_refused(tmp_path):
+    from featx.importers import read_file
+
+    sd = tiny_state_dict(seed=6)
+    model = fn.from_state_dict(sd)
+    model.stem.conv2d_2b_3x3.padding = (0, 0)  # the graph will say VALID where the model pads
+    bn = {"gamma": np.ones(6), "beta": np.zeros(6), "mean": np.zeros(6), "var": np.ones(6), "eps": 0.001}
+    path = tmp_path / "graph_final.pb"
+    path.write_bytes(tiny_graphdef(sd, model, bn))
+    with pytest.raises(FeatxError, match="stem.conv2d_2b_3x3 has stride 1 padding VALID"):
+        read_file(path)
+    path.write_bytes(_node("input", "Placeholder") + _const("w", np.zeros(3)))
+    with pytest.raises(FeatxError, match="not a FaceNet graph"):
+        read_file(path)
