@@ -36,7 +36,9 @@ def _preprocess(r) -> str:
         std = " std 1/255"
     else:
         std = " std " + ",".join(f"{s:g}" for s in p.std)
-    return f"{p.channels} {rng} mean {mean}{std}; resize {p.resize}, crop {p.size}"
+    norm = f"{p.channels} per-image standardised" if p.norm == "per-image" else f"{p.channels} {rng} mean {mean}{std}"
+    frac = f"central {p.crop:g} of the photo, " if p.crop < 1.0 else ""
+    return f"{norm}; {frac}resize {p.resize}, crop {p.size}"
 
 
 def list_() -> None:

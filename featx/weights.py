@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from .errors import FeatxError
 from .paths import featx_home
-from .importers import META_CHANNELS, Imported, for_release, read_bytes_h5, read_file, read_safetensors
+from .importers import META_CHANNELS, Imported, for_release, read_bytes, read_file, read_safetensors
 from .releases import Release, get_release
 
 Echo = Callable[[str], None]
@@ -331,7 +331,7 @@ def _import_member(release: Release, data: bytes, source: str, extra: dict) -> d
             f"{source}: sha256 {sha[:16]}... / {len(data)} bytes, expected {release.sha256[:16]}... / "
             f"{release.size} bytes for {release.name}"
         )
-    imp = read_bytes_h5(data, source)
+    imp = read_bytes(data, source, release.formats[0] if release.formats else "keras-h5")
     return write_canonical(release, imp, source_sha256=sha, source_size=len(data), extra=extra)
 
 

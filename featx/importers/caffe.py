@@ -27,8 +27,8 @@ VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
 class _Wire:
     """Sequential protobuf reader over a seekable binary file."""
 
-    def __init__(self, f: BinaryIO, what: str):
-        self.f, self.what = f, what
+    def __init__(self, f: BinaryIO, what: str, kind: str = "caffemodel"):
+        self.f, self.what, self.kind = f, what, kind
 
     def varint(self) -> int:
         result = shift = 0
@@ -66,7 +66,7 @@ class _Wire:
                 yield num, wire, n
                 self.f.seek(start + n)
             else:
-                raise FeatxError(f"{self.what}: unsupported protobuf wire type {wire} (not a caffemodel?)")
+                raise FeatxError(f"{self.what}: unsupported protobuf wire type {wire} (not a {self.kind}?)")
 
     def _exact(self, n: int) -> bytes:
         b = self.f.read(n)

@@ -1,0 +1,66 @@
+"""Which central crop of the UTKFace chips suits FaceNet? A cheap setting that picks the release default.
+
+    python benchmarks/facenet_crop.py --data cache/data/utk.csv --train 1200 --crops 1.0,0.8,0.7
+
+For each crop fraction, the `embedding` tap of facenet.casia (bf16 on CPU, as `featx extract` runs it)
+is computed for `--train` photos drawn (seed 0) from the manifest's train split and for all its test
+photos; a logistic regression (standardised features, C chosen on a 5-fold CV of the train rows)
+is scored on the test photos, overall, adults (age >= 13) and children (< 13).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader
+
+from featx.data import load
+from featx.extract import Extractor, ImageRows
+from featx.weights import load_backbone
+
+
+def features(ex: Extractor, root, paths, batch: int = 32) -> tuple[np.ndarray, float]:
+    loader = DataLoader(ImageRows(root, paths, ex.preprocess), batch_size=batch, num_workers=1)
+    out, t0 = [], time.time()
+    for _, x, _, _ in loader:
+        out.append(ex(x)[0])
+    return np.concatenate(out).astype(np.float32), len(paths) / (time.time() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="cache/data/utk.csv")
+    ap.add_argument("--train", type=int, default=1200)
+    ap.add_argument("--crops", default="1.0,0.8,0.7")
+    ap.add_argument("--tap", default="embedding")
+    args = ap.parse_args()
+    m = load(args.data)
+    rng = np.random.default_rng(0)
+    train = [i for i, s in enumerate(m.splits) if s == "train"]
+    train = sorted(rng.choice(train, min(args.train, len(train)), replace=False).tolist())
+    test = [i for i, s in enumerate(m.splits) if s == "test"]
+    y = np.array([lab == "male" for lab in m.labels])
+    age = np.array([float(a) for a in m.extras["age"]])
+    loaded = load_backbone("facenet.casia")
+    print(f"{len(train)} train, {len(test)} test photos; tap {args.tap}")
+    for crop in (float(c) for c in args.crops.split(",")):
+        release = replace(loaded[0], preprocess=replace(loaded[0].preprocess, crop=crop))
+        ex = Extractor("facenet.casia", tap=args.tap, device="cpu", loaded=(release, loaded[1], loaded[2]))
+        xtr, speed = features(ex, m.root, [m.paths[i] for i in train])
+        xte, _ = features(ex, m.root, [m.paths[i] for i in test])
+        clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0], cv=5, max_iter=2000))
+        clf.fit(xtr, y[train])
+        hit = clf.predict(xte) == y[test]
+        adult = age[test] >= 13
+        print(f"crop {crop:.2f}: accuracy {hit.mean():.4f}  adults {hit[adult].mean():.4f} (n={adult.sum()})  "
+              f"children {hit[~adult].mean():.4f} (n={(~adult).sum()})  [{speed:.1f} img/s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

