@@ -30,7 +30,7 @@ def fine_tune(
                                                    "linear (flatten -> classes) or gap (GAP -> classes)."),
     hidden: int = typer.Option(256, "--hidden", min=1, help="Hidden units of the mlp head."),
     dropout: float = typer.Option(0.5, "--dropout", min=0.0, max=1.0),
-    augment: str = typer.Option("flip,shift", "--augment",
+    augment: str = typer.Option("none", "--augment",
                                 help="none, or a comma list: flip (mirror the cached map), shift (translate it "
                                      "by --shift cells), mirror (cache mirrored photos too: 2x prefix cost), "
                                      "pixels (re-run the prefix on mirrored/shifted photos every epoch: "

@@ -42,7 +42,7 @@ class FineTuneConfig:
     head: str = "mlp"  # mlp: flatten -> hidden -> classes; linear: flatten -> classes; gap: GAP -> classes
     hidden: int = 256
     dropout: float = 0.5
-    augment: str = "flip,shift"  # none, or a comma list of flip, mirror, shift, pixels
+    augment: str = "none"  # or a comma list of flip, mirror, shift, pixels (map flips/shifts lost 2-9 points)
     shift: int = 1  # cells of random translation for "shift"
     balance: str = "none"  # none | weights (class-weighted loss) | sample (oversample smaller classes)
     patience: int = 3  # epochs without a better val AUC before stopping

@@ -51,7 +51,7 @@ def test_pool4_trains_block5_alone_and_outputs_a_release_and_a_head(env, tmp_pat
     data, weights = env
     out = tmp_path / "models" / "ft"
     lines = []
-    s = fine_tune(data, "vgg16.hed", out, weights=weights, log=lines.append, **ARGS)
+    s = fine_tune(data, "vgg16.hed", out, weights=weights, log=lines.append, augment="flip,shift", **ARGS)
     assert s["epochs_run"] == 3 and 1 <= s["best_epoch"] <= 3
     assert s["val_loss"] < 0.6 and s["test"]["n"] == s["n_test"] > 0
     assert changed_blocks(out) == {"conv5"}  # blocks 1-4 are the cached prefix: frozen
