@@ -122,3 +122,33 @@ def test_int8_is_its_own_release_variant_and_never_mixes():
     for have, want in (("fp32", "int8"), ("int8", "bf16"), ("int8", "fp32")):
         with pytest.raises(FeatxError, match="never mix"):
             quantize.check_no_mixing("s.zarr", have, want)
+
+
+# --- through the runner (skipped until featx.extract offers --precision int8) ---------------
+
+def runner_offers_int8() -> bool:
+    import featx.extract as fx
+
+    return "int8" in getattr(fx, "PRECISIONS", ())
+
+
+@pytest.mark.skipif(not runner_offers_int8(), reason="the runner does not offer --precision int8 yet")
+def test_runner_int8_store_is_close_to_fp32_and_never_mixes(csv_dataset, tiny_weights, tmp_path):
+    import zarr
+
+    from featx.extract import extract
+
+    kw = dict(weights=tiny_weights, device="cpu", dtype="float32", workers=0, progress=False, rows_per_shard=8)
+    extract(csv_dataset, "vgg16.hed", tmp_path / "f32.zarr", precision="fp32", **kw)
+    extract(csv_dataset, "vgg16.hed", tmp_path / "i8.zarr", precision="int8", **kw)
+    a = zarr.open_group(str(tmp_path / "f32.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "i8.zarr"), mode="r")
+    assert b.attrs["identity"]["release"] == "vgg16.hed+int8"
+    fa, fb = a["features"][:].astype(np.float64), b["features"][:].astype(np.float64)
+    cos = (fa * fb).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1))
+    assert cos.min() >= 0.99
+    with pytest.raises(FeatxError):  # int8 rows into a float store
+        extract(csv_dataset, "vgg16.hed", tmp_path / "f32.zarr", precision="int8", **kw)
+    for p in ("fp32", "bf16", "auto"):  # float rows into an int8 store, "auto" included
+        with pytest.raises(FeatxError):
+            extract(csv_dataset, "vgg16.hed", tmp_path / "i8.zarr", precision=p, **kw)
