@@ -3,7 +3,8 @@
     python benchmarks/int8_accuracy.py --data ../shared/data/utkface/labels.csv --train 1200 --val 300
 
 The photos are split by `featx data` with seed 0 (as benchmarks/utk_manifest.py); all test photos are
-used, and the first --train / --val of the train and val splits (a subset: extraction runs twice).
+used, and --train / --val photos drawn at random (seed 0) from the train and val splits (a subset:
+extraction runs twice).
 Each photo is decoded once (uint8 in memory); then the float model (--reference, bf16 by default: its
 features match fp32 to a cosine of 0.99999) and the int8 model, calibrated on --calib train photos
 (featx.quantize.calibration_rows), extract the same tap. A standardised logistic regression, C picked
@@ -28,8 +29,10 @@ from featx.quantize import Int8Options, calibration_rows, quantize_int8
 
 def pick_rows(splits: list[str], n_train: int, n_val: int, n_test: int | None) -> np.ndarray:
     s = np.asarray(splits)
-    train, val, test = (np.flatnonzero(s == k) for k in ("train", "val", "test"))
-    return np.concatenate([train[:n_train], val[:n_val], test[:n_test]])
+    rng = np.random.default_rng(0)  # a random subset: the files are sorted by age, so the first rows are not one
+    train, val, test = (np.sort(rng.permutation(np.flatnonzero(s == k))[:n])
+                        for k, n in (("train", n_train), ("val", n_val), ("test", n_test)))
+    return np.concatenate([train, val, test])
 
 
 def decode(manifest, rows: np.ndarray, preprocess, workers: int) -> torch.Tensor:
@@ -46,11 +49,12 @@ def features(fn, images: torch.Tensor, batch: int) -> tuple[np.ndarray, float]:
     return np.concatenate(out).astype(np.float32), time.perf_counter() - t0
 
 
-def head_accuracy(f: np.ndarray, y: np.ndarray, split: np.ndarray) -> dict:
+def fit_head(f: np.ndarray, y: np.ndarray, split: np.ndarray):
+    """Standardised logistic regression, C picked on val: (predict(features) -> labels, {"C", "val"})."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    tr, va, te = (split == k for k in ("train", "val", "test"))
+    tr, va = split == "train", split == "val"
     sc = StandardScaler().fit(f[tr])
     best = None
     for c in (1e-4, 1e-3, 1e-2, 0.1):
@@ -59,7 +63,22 @@ def head_accuracy(f: np.ndarray, y: np.ndarray, split: np.ndarray) -> dict:
         if best is None or acc > best[0]:
             best = (acc, c, m)
     val_acc, c, m = best
-    return {"C": c, "val": round(float(val_acc), 4), "test": round(float(m.score(sc.transform(f[te]), y[te])), 4)}
+    return (lambda g: m.predict(sc.transform(g))), {"C": c, "val": round(float(val_acc), 4)}
+
+
+def compare_heads(f_ref: np.ndarray, f_int8: np.ndarray, y: np.ndarray, split: np.ndarray, ref: str) -> dict:
+    """Test accuracy of a head trained on each, their paired difference (with its standard error, in
+    points), how often they agree, and the float head applied to int8 features (what mixing would do)."""
+    te = split == "test"
+    p_ref, info_ref = fit_head(f_ref, y, split)
+    p_q, info_q = fit_head(f_int8, y, split)
+    a, b = p_ref(f_ref[te]) == y[te], p_q(f_int8[te]) == y[te]
+    d = b.astype(float) - a.astype(float)
+    return {ref: {**info_ref, "test": round(float(a.mean()), 4)}, "int8": {**info_q, "test": round(float(b.mean()), 4)},
+            "int8_minus_ref_points": round(100 * float(d.mean()), 2),
+            "paired_se_points": round(100 * float(d.std(ddof=1) / np.sqrt(len(d))), 2),
+            "agreement": round(float((p_ref(f_ref[te]) == p_q(f_int8[te])).mean()), 4),
+            f"{ref}_head_on_int8_features": round(float((p_ref(f_int8[te]) == y[te]).mean()), 4)}
 
 
 def main() -> None:
@@ -75,6 +94,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--save", default=None, help="also save the features (.npz) for other heads")
     args = ap.parse_args()
 
     m = load(args.data, seed=0)
@@ -103,11 +123,13 @@ def main() -> None:
     out = {"n": len(rows), "tap": args.tap, "reference": args.reference, "calib": len(calib_idx),
            "cosine": {"min": float(cos.min()), "p1": float(np.percentile(cos, 1)), "mean": float(cos.mean())},
            "img_per_s": {"int8": len(images) / s_int8, args.reference: len(images) / s_ref},
-           "head": {args.reference: head_accuracy(f_ref, y, split), "int8": head_accuracy(f_int8, y, split)},
+           "head": compare_heads(f_ref, f_int8, y, split, args.reference),
            "quantize": q8.info}
     print(json.dumps(out, indent=2, default=float))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float) + "\n")
+    if args.save:
+        np.savez(args.save, rows=rows, split=split, y=y, ref=f_ref, int8=f_int8)
 
 
 if __name__ == "__main__":
