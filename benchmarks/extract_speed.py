@@ -7,7 +7,8 @@ In ONE run, on the same N real photos:
   naive   the seed notebooks' loop: fp32, NCHW, PIL + torchvision transforms, DataLoader(num_workers=0),
           batch 32, features kept in a Python list (once, whatever --precision says);
   bare    the model alone at the given precision and layout (channels_last, autocast; int8: the PT2E model)
-          on preprocessed tensors already in memory (on the GPU for cuda): the ceiling;
+          on preprocessed tensors already in memory (on the GPU for cuda): the ceiling; timed just before
+          and just after each featx run, and averaged;
   featx   `featx extract` as a whole process (a subprocess of the installed CLI) into a fresh store:
           decode workers, transfer, model, writer. Its own images/s (timed from the first batch) and the
           end-to-end rate (process start to exit, model load included) are both printed.
@@ -260,7 +261,7 @@ def run(args, tmp: Path) -> None:
         out["naive"] = nv
         print(f"naive  fp32 NCHW, no workers, batch 32     {nv['images_per_s']:9.2f} img/s")
     ex = Extractor(args.backbone, args.weights, tap=args.tap, device=str(device), precision="fp32")
-    x = decode_normalized(manifest, ex, min(args.n_used, 512 if device.type == "cpu" else 2048), 1)
+    x = decode_normalized(manifest, ex, min(args.n_used, 128 if device.type == "cpu" else 2048), 1)
     fns = {}
     for p in precisions:
         fns[p], why = model_fn(ex, p, x, args)
@@ -268,8 +269,12 @@ def run(args, tmp: Path) -> None:
             print(why)
     for rep in range(args.repeat):
         for p in precisions:
-            row = {"precision": p, "repeat": rep, "bare": time_bare(fns[p], x, args.batch, args.min_s),
-                   "featx": featx_process(args, csv, p, tmp / f"s-{p}-{rep}.zarr")}
+            before = time_bare(fns[p], x, args.batch, args.min_s)
+            fx = featx_process(args, csv, p, tmp / f"s-{p}-{rep}.zarr")
+            after = time_bare(fns[p], x, args.batch, args.min_s)  # bracket featx: load drifts on shared machines
+            bare = {"images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+                    "before": before["images_per_s"], "after": after["images_per_s"]}
+            row = {"precision": p, "repeat": rep, "bare": bare, "featx": fx}
             out["runs"].append(row)
             print(line(row, out.get("naive")))
     if args.json:
@@ -278,7 +283,8 @@ def run(args, tmp: Path) -> None:
 
 def line(row: dict, naive: dict | None) -> str:
     b, f = row["bare"], row["featx"]
-    text = f"{row['precision']:>5} run {row['repeat'] + 1}: bare {b['images_per_s']:8.2f} img/s"
+    text = (f"{row['precision']:>5} run {row['repeat'] + 1}: bare {b['images_per_s']:8.2f} img/s "
+            f"({b['before']:.2f} before, {b['after']:.2f} after)")
     if "error" in f:
         return text + f"; featx extract failed: {f['error']}"
     eff = f["images_per_s"] / b["images_per_s"]
