@@ -159,6 +159,21 @@ def from_qparams(model: nn.Module, qparams: list[list[float]], tap: str, input_s
                         {"calibration_images": 0, "quantize_s": time.perf_counter() - t0})
 
 
+def int8_model(model: nn.Module, tap: str, *, record: dict | None = None, calib: Iterable[torch.Tensor] = (),
+               options: Int8Options = Int8Options()) -> "Int8Features":
+    """What the runner calls: rebuild from a store's `record` (resume, dask workers, predict) when there is
+    one, else calibrate on `calib` (a new store; save `.record()` in its attrs before any row is written)."""
+    if record is None:
+        return quantize_int8(model, calib, tap, options)
+    if record.get("tap") != tap:
+        raise FeatxError(f"the store's int8 scales are for tap {record.get('tap')!r}, not {tap!r}")
+    q = from_qparams(model, record["qparams"], tap, tuple(record["input_shape"]), options)
+    if q.fingerprint() != record.get("fingerprint"):
+        raise FeatxError("the store's int8 record does not match its own scales (edited?); use another --store")
+    q.info["calibration_images"] = record.get("calibration_images", 0)
+    return q
+
+
 # --- the lowered model ----------------------------------------------------------------------
 
 class Int8Features:

@@ -89,6 +89,13 @@ def test_rebuilt_from_recorded_qparams_is_identical(tiny, q8):
     torch.testing.assert_close(rebuilt(x), q8(x), rtol=0, atol=0)
     with pytest.raises(FeatxError, match="another model or tap"):
         quantize.from_qparams(tiny, rec["qparams"][:-2], rec["tap"], tuple(rec["input_shape"]))
+    resumed = quantize.int8_model(tiny, rec["tap"], record=rec, options=quantize.Int8Options(batch_size=8))
+    assert resumed.fingerprint() == q8.fingerprint() and resumed.info["calibration_images"] == 64
+    with pytest.raises(FeatxError, match="for tap"):
+        quantize.int8_model(tiny, "pool5-gap", record=rec)
+    rec["qparams"][0][0] *= 2
+    with pytest.raises(FeatxError, match="does not match"):
+        quantize.int8_model(tiny, rec["tap"], record=rec)
 
 
 def test_map_tap_and_empty_calibration(tiny):
