@@ -1,70 +1,94 @@
-"""How fast is `featx extract` against a seed-style loop, and how close to the hardware's peak?
+"""How close does `featx extract` run to the bare model, and how much faster than a seed-style loop?
 
-    python benchmarks/extract_speed.py --data ../shared/data/utkface/labels.csv --n 1000
+    python benchmarks/extract_speed.py --data ../shared/data/utkface/labels.csv --n 256 --precision auto,int8
+    python benchmarks/extract_speed.py --data ... --n 20000 --device cuda --precision bf16 --batch-size 256
 
-In one process, on the same N real photos (224x224 after preprocessing):
-  1. a seed-style naive loop: fp32, NCHW, PIL + torchvision transforms, DataLoader(num_workers=0),
-     batch 32, features kept in a Python list;
-  2. featx extract (auto precision, channels_last, decode workers, writer thread) into a temp store.
-Then: both throughputs and their ratio; featx's achieved conv FLOP/s as a fraction of this machine's
-bf16 and fp32 matmul peak measured in the same run; peak RSS of featx extract at --rss-sizes images
-(each in a fresh subprocess, resource.getrusage ru_maxrss). Not a test: run it on a quiet machine.
+In ONE run, on the same N real photos:
+  naive   the seed notebooks' loop: fp32, NCHW, PIL + torchvision transforms, DataLoader(num_workers=0),
+          batch 32, features kept in a Python list (once, whatever --precision says);
+  bare    the model alone at the given precision and layout (channels_last, autocast; int8: the PT2E model)
+          on preprocessed tensors already in memory (on the GPU for cuda): the ceiling; timed just before
+          and just after each featx run, and averaged;
+  featx   `featx extract` as a whole process (a subprocess of the installed CLI) into a fresh store:
+          decode workers, transfer, model, writer. Its own images/s (timed from the first batch) and the
+          end-to-end rate (process start to exit, model load included) are both printed.
+Then: efficiency = featx / bare (the pipeline's share of the ceiling), speed-up = featx / naive, the CPU
+model and the flags that pick the precision, and on CUDA the GPU utilisation sampled during featx.
+--repeat R runs the bare/featx pair R times (ratios within a run are what to compare; a shared
+machine's absolute numbers drift). Not a test: run it on a quiet machine (or with `nice`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import resource
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-from featx.backbones import deepest, tap_features
-from featx.backbones.vgg16 import BLOCKS, VGG16
+from featx.backbones import tap_features
 from featx.data import load
-from featx.extract import describe_device, extract, resolve_device, resolve_precision
+from featx.extract import AUTOCAST, Extractor, describe_device, resolve_device, resolve_precision
 from featx.releases import get_release
 from featx.weights import load_backbone, weights_dir
 
-
-def conv_macs(model: VGG16, size: int, upto: int = 5) -> int:
-    """Multiply-accumulates of the 3x3 convs up to block `upto` for one size x size image."""
-    macs, h = 0, size
-    for b, n in BLOCKS[:upto]:
-        for i in range(1, n + 1):
-            c = getattr(model, f"conv{b}_{i}")
-            macs += h * h * c.in_channels * c.out_channels * 9
-        h //= 2
-    return macs
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """Best sustained FLOP/s of a square matmul in `dtype` on `device`."""
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t = time.perf_counter()
-        for _ in range(3 if device.type == "cpu" else 20):
-            a @ b
-        sync()
-        reps = 3 if device.type == "cpu" else 20
-        best = max(best, reps * 2 * n**3 / (time.perf_counter() - t))
-    return best
+def cpu_summary() -> str:
+    name, flags = "unknown CPU", set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and name == "unknown CPU":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    import os
+
+    have = [f for f in FLAGS if f in flags]
+    return f"{name}, {os.cpu_count()} cores; flags: {' '.join(have) or 'none of ' + ' '.join(FLAGS)}"
 
 
-def backbone_weights(name: str, weights: str | None, tmp: Path) -> tuple[str, str]:
-    """(weights file, note). Falls back to a random-init full-size VGG16: the speed is the same."""
+@contextlib.contextmanager
+def gpu_sampler(device: torch.device):
+    """Yields a dict that gets {"gpu_util_mean", "gpu_util_max"} (percent) sampled every 0.2 s."""
+    out: dict = {}
+    if device.type != "cuda":
+        yield out
+        return
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(0.2):
+            try:
+                samples.append(float(torch.cuda.utilization(device)))
+            except Exception:  # no NVML: ask nvidia-smi
+                r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                    f"--id={device.index or 0}"], capture_output=True, text=True)
+                if r.returncode == 0 and r.stdout.strip():
+                    samples.append(float(r.stdout.split()[0]))
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        t.join()
+        if samples:
+            busy = samples[len(samples) // 10:] or samples  # skip the start-up tenth
+            out.update(gpu_util_mean=sum(busy) / len(busy), gpu_util_max=max(samples))
+
+
+def ensure_weights(name: str, weights: str | None, tmp: Path) -> tuple[str, str]:
+    """(weights file, note). Without the release's weights: a random-init full-size model of its family."""
     if weights:
         return weights, ""
     path = weights_dir() / get_release(name).filename
@@ -72,14 +96,16 @@ def backbone_weights(name: str, weights: str | None, tmp: Path) -> tuple[str, st
         return str(path), ""
     from safetensors.torch import save_file
 
+    from featx.backbones.vgg16 import VGG16
+
     torch.manual_seed(0)
-    sd = {k: v.contiguous() for k, v in VGG16().state_dict().items()}
     out = tmp / "random-vgg16.safetensors"
-    save_file(sd, str(out))
-    return str(out), f"note: {path} absent; using a random-init full-size VGG16 (same speed, meaningless features)"
+    save_file({k: v.contiguous() for k, v in VGG16().state_dict().items()}, str(out))
+    return str(out), (f"note: {path} absent (featx weights get {name}); using a random-init full-size VGG16 "
+                      "(same speed, meaningless features)")
 
 
-def naive_loop(manifest, release, weights: str, tap: str, batch_size: int = 32) -> dict:
+def naive_loop(manifest, release, weights: str, tap: str, device: torch.device, batch_size: int = 32) -> dict:
     """The seed notebooks' way: fp32 NCHW, torchvision transforms, no workers, a list of features."""
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -89,8 +115,7 @@ def naive_loop(manifest, release, weights: str, tap: str, batch_size: int = 32) 
     order = [2, 1, 0] if p.channels == "BGR" else [0, 1, 2]
     tf = transforms.Compose([
         transforms.Resize(p.resize), transforms.CenterCrop(p.size), transforms.ToTensor(),
-        transforms.Lambda(lambda t: t[order] * p.scale),
-        transforms.Normalize(p.mean, p.std),
+        transforms.Lambda(lambda t: t[order] * p.scale), transforms.Normalize(p.mean, p.std),
     ])
 
     class Photos(Dataset):
@@ -100,125 +125,177 @@ def naive_loop(manifest, release, weights: str, tap: str, batch_size: int = 32) 
         def __getitem__(self, i):
             return tf(Image.open(manifest.abspath(i)).convert("RGB"))
 
+    model = load_backbone(release.name, weights)[1].to(device)
     t0 = time.perf_counter()
-    _, model, _ = load_backbone(release.name, weights)
-    t1 = time.perf_counter()
     feats = []
     with torch.no_grad():
         for x in DataLoader(Photos(), batch_size=batch_size, num_workers=0):
-            feats.append(tap_features(model, x, tap).numpy())
-    wall = time.perf_counter() - t1
-    n = sum(len(f) for f in feats)
-    return {"images": n, "wall_s": wall, "images_per_s": n / wall, "model_load_s": t1 - t0}
+            feats.append(tap_features(model, x.to(device), tap).cpu().numpy())
+    wall = time.perf_counter() - t0
+    return {"images_per_s": sum(len(f) for f in feats) / wall, "wall_s": wall}
 
 
-def rss_child(args) -> None:
-    """Run featx extract on the first --n images into a fresh store; print peak RSS as JSON."""
-    m = load(args.data)
-    m = m.subset(range(min(args.n, len(m))))
-    with tempfile.TemporaryDirectory() as tmp:
-        s = extract(m, args.backbone, Path(tmp) / "rss.zarr", tap=args.tap, weights=args.weights,
-                    batch_size=args.batch_size, device=args.device, precision=args.precision,
-                    workers=args.workers, progress=False)
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"n": s["n"], "images_per_s": s["images_per_s"],
-                      "peak_rss_mb": self_kb / 1024, "peak_rss_workers_mb": kids_kb / 1024}))
+def decode_normalized(manifest, ex: Extractor, n: int, workers: int) -> torch.Tensor:
+    """The first n photos decoded, resized and normalised as featx does: float [n, 3, H, W] channels_last."""
+    from torch.utils.data import DataLoader
+
+    from featx.extract import ImageRows
+
+    ds = ImageRows(manifest.root, manifest.paths[:n], ex.preprocess)
+    parts = [ex.normalize(x) for _, x, _, _ in DataLoader(ds, batch_size=64, num_workers=workers)]
+    return torch.cat(parts).contiguous(memory_format=torch.channels_last)
 
 
-def main() -> None:
+def model_fn(ex: Extractor, precision: str, x: torch.Tensor, args):
+    """(callable on a normalised batch, note): the model as featx runs it at `precision`."""
+    if precision == "int8":
+        from featx.quantize import Int8Options, calibration_rows, quantize_int8
+
+        rows = torch.as_tensor(calibration_rows(len(x), args.calib, seed=0))
+        calib = [x[rows[a: a + 32]] for a in range(0, len(rows), 32)]
+        q8 = quantize_int8(ex.model, calib, ex.tap, Int8Options(batch_size=args.batch, compile=args.compile))
+        q8.lower()
+        return q8, (f"int8: calibrated on {len(rows)} photos in {q8.info['quantize_s']:.1f} s, lowered "
+                    f"({q8.info['lowering']}) in {q8.info['lower_s']:.1f} s")
+    fn = (lambda t: tap_features(ex.model, t, ex.tap))
+    if args.compile:
+        fn = torch.compile(fn, dynamic=False)
+    ctx = (lambda: torch.autocast(ex.device.type, dtype=AUTOCAST[precision])) if precision in AUTOCAST \
+        else contextlib.nullcontext
+
+    def run(t):
+        with ctx():
+            return fn(t)
+    return run, ""
+
+
+@torch.inference_mode()
+def time_bare(fn, x: torch.Tensor, batch: int, min_s: float) -> dict:
+    """img/s of fn over x in batches of `batch` (a short last batch is dropped), at least min_s seconds."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    n = (len(x) // batch) * batch or len(x)
+    t = time.perf_counter()
+    fn(x[:batch])  # warm-up (compile, oneDNN primitive creation, cudnn autotune)
+    sync()
+    warm = time.perf_counter() - t
+    done, t0 = 0, time.perf_counter()
+    while True:
+        for a in range(0, n, batch):
+            fn(x[a: a + batch])
+            done += min(batch, n - a)
+        sync()
+        if time.perf_counter() - t0 >= min_s:
+            break
+    wall = time.perf_counter() - t0
+    return {"images_per_s": done / wall, "wall_s": wall, "warmup_s": warm}
+
+
+def featx_process(args, csv: Path, precision: str, store: Path) -> dict:
+    """`featx extract` as a user runs it, in its own process; its reported img/s and the end-to-end rate."""
+    cmd = [sys.executable, "-m", "featx_cli.main", "extract", "--data", str(csv), "--backbone", args.backbone,
+           "--store", str(store), "--tap", args.tap, "--precision", precision, "--device", args.device,
+           "--batch-size", str(args.batch), "--quiet"]
+    cmd += ["--weights", args.weights]
+    cmd += ["--workers", str(args.workers)] if args.workers is not None else []
+    cmd += ["--compile"] if args.compile else []
+    t0 = time.perf_counter()
+    with gpu_sampler(resolve_device(args.device)) as gpu:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(store, ignore_errors=True)
+    if r.returncode:
+        return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
+    m = re.search(r"([\d.]+) images/s", r.stdout)
+    return {"images_per_s": float(m.group(1)) if m else None, "end_to_end_per_s": args.n_used / wall,
+            "process_wall_s": wall, **gpu}
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--backbone", default="vgg16.hed")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--tap", default="pool5-gap")
-    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 128 on GPU (as featx)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--precision", default="auto", help="comma-separated, e.g. fp32,bf16,int8")
+    ap.add_argument("--workers", type=int, default=None, help="featx decode workers (default: featx's)")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--rss-sizes", default="1000,4000", help="image counts for the peak-RSS subprocesses ('' = skip)")
+    ap.add_argument("--calib", type=int, default=256, help="int8 calibration photos (of the N)")
+    ap.add_argument("--repeat", type=int, default=1, help="bare/featx pairs per precision")
+    ap.add_argument("--min-s", type=float, default=None, help="bare model: time at least this long")
     ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None)
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="featx-bench-"))
     try:
-        args.weights, note = backbone_weights(args.backbone, args.weights, tmp)
-        if args.rss_child:
-            rss_child(args)
-        else:
-            run(args, note, tmp)
+        args.weights, note = ensure_weights(args.backbone, args.weights, tmp)  # the subprocess gets it too
+        if note:
+            print(note)
+        run(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args, note: str, tmp: Path) -> None:
-    if note:
-        print(note)
-    release = get_release(args.backbone)
+def run(args, tmp: Path) -> None:
+    device = resolve_device(args.device)
+    args.batch = args.batch_size or (128 if device.type == "cuda" else 32)
+    args.min_s = args.min_s if args.min_s is not None else (5.0 if device.type == "cuda" else 1.0)
     manifest = load(args.data)
     manifest = manifest.subset(range(min(args.n, len(manifest))))
-    n = len(manifest)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    print(f"{n} images from {args.data}; {describe_device(device)}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    out: dict = {"n": n, "device": describe_device(device), "release": release.name, "tap": args.tap, "note": note}
-
+    args.n_used = len(manifest)
+    csv = manifest.write(tmp / "bench.csv")
+    precisions = [resolve_precision(p, device) if p == "auto" else p for p in args.precision.split(",")]
+    print(f"{args.n_used} photos from {args.data}; {args.backbone} tap {args.tap}; batch {args.batch}")
+    print(f"device: {describe_device(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"cpu: {cpu_summary()}; auto precision here: {resolve_precision('auto', device)}")
+    out: dict = {"n": args.n_used, "device": describe_device(device), "cpu": cpu_summary(), "tap": args.tap,
+                 "backbone": args.backbone, "batch": args.batch, "compile": args.compile, "runs": []}
     if not args.skip_naive:
-        r = naive_loop(manifest, release, args.weights, args.tap)
-        out["naive"] = r
-        print(f"naive loop  fp32 NCHW, workers 0, batch 32: {r['images_per_s']:8.2f} images/s ({r['wall_s']:.1f} s)")
-
-    t = time.perf_counter()
-    s = extract(manifest, args.backbone, tmp / "bench.zarr", tap=args.tap, weights=args.weights,
-                batch_size=args.batch_size, device=args.device, precision=args.precision, workers=args.workers,
-                compile=args.compile, progress=False)
-    total = time.perf_counter() - t
-    out["featx"] = {"images_per_s": s["images_per_s"], "compute_wall_s": s["compute_wall_s"],
-                    "total_wall_s": total, "precision": s["precision"]}
-    print(f"featx extract {s['precision']}, channels_last:    {s['images_per_s']:8.2f} images/s "
-          f"({s['compute_wall_s']:.1f} s; {total:.1f} s with model load and store setup)")
-    if "naive" in out:
-        out["speedup"] = s["images_per_s"] / out["naive"]["images_per_s"]
-        print(f"speed-up featx / naive: {out['speedup']:.2f}x")
-
-    size = release.preprocess.size
-    macs = conv_macs(load_backbone(args.backbone, args.weights)[1], size, int(deepest(load_backbone(args.backbone, args.weights)[1], args.tap.split("+"))[4:]))
-    achieved = 2 * macs * s["images_per_s"]
-    peaks = {"bf16": matmul_peak(device, torch.bfloat16), "fp32": matmul_peak(device, torch.float32)}
-    out["conv_gflop_per_image"] = 2 * macs / 1e9
-    out["achieved_tflops"] = achieved / 1e12
-    out["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
-    print(f"convs: {macs / 1e9:.2f} GMAC = {2 * macs / 1e9:.1f} GFLOP per {size}x{size} image; featx achieves "
-          f"{achieved / 1e12:.3f} TFLOP/s")
-    for k, v in peaks.items():
-        print(f"  = {achieved / v:6.1%} of the measured {k} matmul peak ({v / 1e12:.3f} TFLOP/s)")
-        out[f"fraction_of_{k}_peak"] = achieved / v
-
-    sizes = [int(x) for x in args.rss_sizes.split(",") if x.strip()]
-    out["rss"] = []
-    for k in sizes:
-        cmd = [sys.executable, __file__, "--rss-child", "--data", args.data, "--n", str(k),
-               "--backbone", args.backbone, "--weights", args.weights, "--tap", args.tap,
-               "--device", args.device, "--precision", args.precision]
-        if args.batch_size:
-            cmd += ["--batch-size", str(args.batch_size)]
-        if args.workers is not None:
-            cmd += ["--workers", str(args.workers)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            print(f"peak RSS at {k} images: child failed: {r.stderr.strip().splitlines()[-1:]}")
-            continue
-        d = json.loads(r.stdout.strip().splitlines()[-1])
-        out["rss"].append(d)
-        print(f"peak RSS at {d['n']:5d} images: {d['peak_rss_mb']:7.1f} MB (largest decode worker "
-              f"{d['peak_rss_workers_mb']:.1f} MB)")
+        nv = naive_loop(manifest, get_release(args.backbone), args.weights, args.tap, device)
+        out["naive"] = nv
+        print(f"naive  fp32 NCHW, no workers, batch 32     {nv['images_per_s']:9.2f} img/s")
+    ex = Extractor(args.backbone, args.weights, tap=args.tap, device=str(device), precision="fp32")
+    x = decode_normalized(manifest, ex, min(args.n_used, 128 if device.type == "cpu" else 2048), 1)
+    fns = {}
+    for p in precisions:
+        fns[p], why = model_fn(ex, p, x, args)
+        if why:
+            print(why)
+    for rep in range(args.repeat):
+        for p in precisions:
+            before = time_bare(fns[p], x, args.batch, args.min_s)
+            fx = featx_process(args, csv, p, tmp / f"s-{p}-{rep}.zarr")
+            after = time_bare(fns[p], x, args.batch, args.min_s)  # bracket featx: load drifts on shared machines
+            bare = {"images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+                    "before": before["images_per_s"], "after": after["images_per_s"]}
+            row = {"precision": p, "repeat": rep, "bare": bare, "featx": fx}
+            out["runs"].append(row)
+            print(line(row, out.get("naive")))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def line(row: dict, naive: dict | None) -> str:
+    b, f = row["bare"], row["featx"]
+    text = (f"{row['precision']:>5} run {row['repeat'] + 1}: bare {b['images_per_s']:8.2f} img/s "
+            f"({b['before']:.2f} before, {b['after']:.2f} after)")
+    if "error" in f:
+        return text + f"; featx extract failed: {f['error']}"
+    eff = f["images_per_s"] / b["images_per_s"]
+    row.update(efficiency=eff, speedup=f["images_per_s"] / naive["images_per_s"] if naive else None)
+    text += (f" | featx {f['images_per_s']:8.2f} img/s ({f['end_to_end_per_s']:.2f} end to end, "
+             f"{f['process_wall_s']:.0f} s) | efficiency {eff:.3f}")
+    if naive:
+        text += f" | speed-up over naive {row['speedup']:.2f}x"
+    if "gpu_util_mean" in f:
+        text += f" | GPU util {f['gpu_util_mean']:.0f}% (max {f['gpu_util_max']:.0f}%)"
+    return text
 
 
 if __name__ == "__main__":
