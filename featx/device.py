@@ -10,7 +10,7 @@ import torch
 
 from .errors import FeatxError
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -42,9 +42,18 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32."""
+    """auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32. int8 (CPU) is opt-in only."""
     if precision not in PRECISIONS:
         raise FeatxError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise FeatxError("--precision int8 is CPU-only; use bf16 or fp16 on a GPU")
+        from .quantize import int8_unavailable
+
+        why = int8_unavailable()
+        if why:
+            raise FeatxError(why)
+        return "int8"
     if precision != "auto":
         if device.type == "cpu" and precision == "fp16":
             raise FeatxError("fp16 on CPU is slow and lossy; use --precision bf16 or fp32")

@@ -136,22 +136,39 @@ class Extractor:
         """Features (and flipped-image features) as numpy arrays in the store dtype."""
         b = x_u8.shape[0]
         x = self.normalize(x_u8)
-        if self.flip:
-            x = torch.cat([x, x.flip(3)])
         if self.compiled and pad_to and b < pad_to:  # fixed shapes: no recompiles on the last batch
             pad = torch.zeros((pad_to - b, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            x = torch.cat([x, pad.contiguous(memory_format=torch.channels_last)])
+            x = torch.cat([x, pad]).contiguous(memory_format=torch.channels_last)
+        n = x.shape[0]
+        if self.flip:
+            x = torch.cat([x, x.flip(3)])
         with autocast(self.device, self.precision):
             f = self.forward(x)
-        f = f[: (2 * b if self.flip else b)].float()
+        f = f.float()
         if self.dtype == "float16":
             f = f.clamp(-65504.0, 65504.0).half()
         f = f.cpu().numpy()
-        return (f[:b], f[b:]) if self.flip else (f, None)
+        return (f[:b], f[n:n + b]) if self.flip else (f[:b], None)
+
+    def use_int8(self, rows: ImageRows | None, record: dict | None = None) -> dict:
+        """Quantize to int8: rebuild from a store's record, else calibrate on `rows` (a few hundred photos)."""
+        from .quantize import Int8Options, calibration_rows, int8_model
+
+        calib = () if record is not None else self._calibration(rows, calibration_rows(len(rows)))
+        self.int8 = int8_model(self.model, self.tap, record=record, calib=calib, options=Int8Options())
+        self.forward = self.int8
+        return self.int8.record()
+
+    def _calibration(self, rows: ImageRows, picks, batch: int = 32):
+        for a in range(0, len(picks), batch):
+            x = torch.stack([rows[int(i)][1] for i in picks[a:a + batch]])
+            yield self.normalize(x)
 
     def info(self) -> dict:
         """What this extractor computes, for provenance and for the driver of a distributed run."""
-        return {"release": self.release.name, "release_info": self.release.to_dict(),
+        from .quantize import variant_release
+
+        return {"release": variant_release(self.release.name, self.precision), "release_info": self.release.to_dict(),
                 "weights_sha256": self.weights_sha256, "preprocess": self.preprocess.to_dict(),
                 "tap": self.tap, "dim": list(self.dim), "precision": self.precision,
                 "device_type": self.device.type, "device": describe_device(self.device), "versions": versions()}
@@ -270,7 +287,10 @@ def run_unit(store, start: int, stop: int, *, extractor: Extractor, root: str | 
 
 def check_precision(writer: StoreWriter, precision: str) -> None:
     """Refuse to add features of another precision to a store (explicit choices only: "auto" passes)."""
+    from .quantize import check_no_mixing
+
     have = writer.attrs.get("precision")
+    check_no_mixing(writer.name, have, precision)
     if precision == "auto" or have == precision:
         return
     if writer.is_complete():
@@ -386,7 +406,10 @@ def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
     cheap = weights_identity(job.backbone, opts.weights)
     if cheap:
         release, _, sha = cheap
-        info = {"release": release.name, "weights_sha256": sha, "tap": "+".join(release.parse_tap(opts.tap)),
+        from .quantize import variant_release
+
+        info = {"release": variant_release(release.name, opts.precision), "weights_sha256": sha,
+                "tap": "+".join(release.parse_tap(opts.tap)),
                 "preprocess": release.preprocess.to_dict()}
         job.identity = job.identity_for(info)
         job.writer = open_for_extract(store, job.identity)
@@ -464,12 +487,23 @@ def start(job: Job, d) -> tuple[StoreWriter, dict]:
         writer = open_for_extract(job.store, job.identity_for(info))
         if writer is not None:
             _, job.note = refresh(writer, job.manifest)
+    if info["precision"] == "int8":
+        info["int8"] = int8_for(job, d, writer)
     if writer is None:
         writer = create(job.store, manifest=job.manifest, identity=job.identity or job.identity_for(info),
                         provenance=provenance(job, info, d), dim=tuple(info["dim"]),
                         rows_per_shard=job.opts.rows_per_shard, rows_per_chunk=job.opts.rows_per_chunk)
     check_extractor(writer, info)
     return writer, info
+
+
+def int8_for(job: Job, d, writer: StoreWriter | None) -> dict:
+    """int8: the store's recorded scales (resume), else calibrate on the data; in this process only."""
+    if not isinstance(d, InProcess):
+        raise FeatxError("--precision int8 runs in one process for now; drop --cluster/--scheduler")
+    ex = d.extractor
+    record = writer.attrs.get("int8") if writer is not None else None
+    return ex.use_int8(ImageRows(job.manifest.root, job.manifest.paths, ex.preprocess), record)
 
 
 def provenance(job: Job, info: dict, d) -> dict:
@@ -482,6 +516,7 @@ def provenance(job: Job, info: dict, d) -> dict:
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": {"data": job.source, "backbone": job.backbone},
         **({"cluster": d.cluster_info} if getattr(d, "cluster_info", None) else {}),
+        **({"int8": info["int8"]} if info.get("int8") else {}),
     }
 
 

@@ -114,8 +114,8 @@ def compiled(monkeypatch, tiny_weights):
     monkeypatch.setattr(torch, "compile", fake_compile)
 
     def make(flip: bool = False) -> Extractor:
-        return Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32",
-                         flip=flip, compile=True, tap="pool5-gap")
+        return Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32",
+                         flip_tta=flip, compile=True, tap="pool5-gap")
     return make, shapes
 
 
@@ -131,12 +131,12 @@ def test_compiled_last_batch_is_padded_to_the_batch_size(compiled, tiny_weights)
     f_last, _ = ex(last, pad_to=8)
     assert [s[0] for s in shapes] == [8, 8]  # no second graph for the short last batch
     assert f_full.shape == (8, 16) and f_last.shape == (3, 16)  # padding rows never come back
-    plain = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool5-gap")
+    plain = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool5-gap")
     np.testing.assert_allclose(f_last, plain(last)[0], rtol=1e-5, atol=1e-6)  # padding changes no row
 
 
 def test_uncompiled_runs_are_never_padded(tiny_weights, monkeypatch):
-    ex = Extractor("vgg16.hed", tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool5-gap")
+    ex = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool5-gap")
     seen = []
     fwd = ex.forward
     monkeypatch.setattr(ex, "forward", lambda x: (seen.append(x.shape[0]), fwd(x))[1])
@@ -144,8 +144,6 @@ def test_uncompiled_runs_are_never_padded(tiny_weights, monkeypatch):
     assert seen == [3]
 
 
-@pytest.mark.xfail(strict=True, reason="Extractor pads by pad_to - b after flipping (2b rows): 2b + pad_to - b; "
-                   "pad the batch to pad_to before the flip, then take rows [:b] and [pad_to:pad_to + b]")
 def test_compiled_flip_batches_keep_one_shape(compiled):
     """With --flip-tta every call runs 2 x batch rows (images and mirrors): the last one must too."""
     make, shapes = compiled

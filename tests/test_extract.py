@@ -281,8 +281,8 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(featx.device, "cpu_flags", lambda: {"avx512f", "avx2"})
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("fp32", cpu) == "fp32"
-    with pytest.raises(FeatxError):
-        resolve_precision("int8", cpu)
+    with pytest.raises(FeatxError, match="CPU-only"):
+        resolve_precision("int8", torch.device("meta"))
 
 
 def test_bad_options_are_one_line_errors(csv_dataset, tiny_weights, tmp_path, capsys):
