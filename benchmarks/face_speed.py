@@ -36,13 +36,14 @@ def main() -> None:
     ap.add_argument("--data", default="cache/data/utk.csv")
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--precision", default="auto", help="auto|bf16|fp32 (both models)")
     args = ap.parse_args()
     m = load(args.data)
     rows = [i for i, s in enumerate(m.splits) if s == "test"][: args.n]
     ex, data, spent = {}, {}, {}
     for name, tap in RELEASES:
         loaded = load_backbone(name)
-        ex[name] = Extractor(name, tap=tap, device="cpu", loaded=loaded)
+        ex[name] = Extractor(name, tap=tap, device="cpu", precision=args.precision, loaded=loaded)
         data[name] = chips(m, rows, loaded[0])
         ex[name](data[name][:2])  # warm-up
         spent[name] = 0.0
