@@ -41,8 +41,9 @@ def cpu_has_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32. int8 (CPU) is opt-in only."""
+def resolve_precision(precision: str, device: torch.device, cpu_bf16: bool = True) -> str:
+    """auto: bf16 where the hardware has it, else fp16 on GPUs, else fp32. int8 (CPU) is opt-in only.
+    cpu_bf16=False: the backbone family measured slower in bf16 than fp32 on CPUs without AMX."""
     if precision not in PRECISIONS:
         raise FeatxError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "int8":
@@ -60,6 +61,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if not cpu_bf16 and "amx_bf16" not in cpu_flags():
+        return "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

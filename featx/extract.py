@@ -103,7 +103,7 @@ class Extractor:
         self.tap = "+".join(self.release.parse_tap(o.tap))
         self.preprocess: Preprocess = self.release.preprocess
         self.device = resolve_device(o.device)
-        self.precision = resolve_precision(o.precision, self.device)
+        self.precision = resolve_precision(o.precision, self.device, self.release.family.cpu_bf16)
         self.dtype, self.flip, self.compiled = o.dtype, o.flip_tta, o.compile
         model = model.eval().requires_grad_(False).to(self.device).to(memory_format=torch.channels_last)
         self.model = model

@@ -152,3 +152,18 @@ def test_compiled_flip_batches_keep_one_shape(compiled):
     g, gg = ex(images(3, seed=2), pad_to=8)
     assert f.shape == ff.shape == (8, 16) and g.shape == gg.shape == (3, 16)
     assert len({s[0] for s in shapes}) == 1, f"batch shapes {shapes} would compile twice"
+
+
+def test_a_family_may_prefer_fp32_on_cpus_without_amx(monkeypatch):
+    """FaceNet measured slower in bf16 than fp32 on an AVX512-BF16 CPU: `auto` runs it in fp32 there."""
+    import featx.device as dev
+    from featx.backbones import get_family
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert dev.resolve_precision("auto", cpu, cpu_bf16=False) == "fp32"
+    assert dev.resolve_precision("auto", cpu) == "bf16"
+    assert dev.resolve_precision("bf16", cpu, cpu_bf16=False) == "bf16"  # an explicit choice stands
+    monkeypatch.setattr(dev, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert dev.resolve_precision("auto", cpu, cpu_bf16=False) == "bf16"
+    assert get_family("facenet").cpu_bf16 is False and get_family("vgg16").cpu_bf16 is True

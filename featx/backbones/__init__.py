@@ -47,6 +47,7 @@ class Family:
     default_tap: str
     finetune: dict[str, str] = field(default_factory=dict)  # cached prefix tap -> head-input tap
     description: str = ""
+    cpu_bf16: bool = True  # False: `auto` runs fp32 on CPUs without AMX (bf16 measured slower there)
 
     def tap(self, name: str) -> TapInfo:
         for t in self.taps:

@@ -259,6 +259,7 @@ register_family(Family(
     # cached prefix -> head input: the block8s and the bottleneck train from a cached mixed_7a,
     # or also mixed_7a from a cached block17
     finetune={"mixed_7a": "bottleneck", "block17": "bottleneck"},
+    cpu_bf16=False,  # measured on an AVX512-BF16 CPU: bf16 halves its speed (many small convs); fp32 is 1.9x vgg16
     description="Inception-ResNet-v1 (FaceNet, Schroff et al. 2015; the public facenet project's port)",
 ))
 
