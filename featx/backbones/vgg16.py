@@ -171,6 +171,9 @@ for _r in [
         preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=255.0,
                               mean=VGGFACE_MEAN_RGB, std=(1.0, 1.0, 1.0)),
         formats=("mcn-pth", "torch7", "keras-h5", "caffe"),
+        fetch="url-pinned",
+        urls=("https://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",
+              "https://github.com/rcmalli/keras-vggface/releases/download/v2.0/rcmalli_vggface_tf_notop_vgg16.h5"),
     ),
 ]:
     register_release(_r)
