@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import FeatxError
 from .images import is_image_name
-from .paths import featx_home, shown
+from .paths import atomic_write, featx_home, shown
 
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -148,13 +148,7 @@ class Manifest:
             row.extend(v[i] for v in self.extras.values())
             w.writerow(row)
         text = buf.getvalue()
-        tmp = out.with_name(out.name + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out)
-        except BaseException:  # full disk, read-only folder, Ctrl-C: no half-written manifest left
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))  # no half-written manifest, ever
         if climbs:
             _remember(text, out)
         return out
@@ -377,11 +371,8 @@ def _registry(text: str) -> Path:
 
 
 def _remember(text: str, out: Path) -> None:
-    entry = _registry(text)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(entry.name + ".tmp")
-    tmp.write_text(json.dumps({"manifest": str(out.resolve())}), encoding="utf-8")
-    os.replace(tmp, entry)
+    atomic_write(_registry(text), lambda p: p.write_text(json.dumps({"manifest": str(out.resolve())}),
+                                                         encoding="utf-8"))
 
 
 def _wrote(text: str) -> bool:

@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import FeatxError
 
@@ -106,3 +107,20 @@ def featx_home() -> Path:
 def shown(name: str) -> str:
     """A path for a one-line message: bytes that are not UTF-8 shown as \\xNN instead of failing to print."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) next to dst, then rename over it: readers see the old file or the whole new one."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, dst)
+    except OSError as e:  # full disk, read-only folder: name the file the user asked for
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(dst)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import FeatxError
-from .paths import featx_home
+from .paths import atomic_write, featx_home  # noqa: F401  (atomic_write: featx.weights.atomic_write stays)
 from .importers import META_CHANNELS, Imported, for_release, read_bytes, read_file, read_safetensors
 from .releases import Release, get_release
 
@@ -97,20 +97,6 @@ def load_canonical_file(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:  # safetensors raises several types
         raise FeatxError(f"cannot read weights {path}: {e}") from None
-
-
-def atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) next to dst, then rename over it: readers see the old file or the whole new one."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_canonical_file(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

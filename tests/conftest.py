@@ -102,3 +102,10 @@ def real_hed_weights(tmp_path_factory) -> Path:
         else:
             os.environ["FEATX_WEIGHTS"] = old
     return d / "vgg16.hed.safetensors"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the shared photos are the `real_data` tier (they skip when the photos are absent)."""
+    for item in items:
+        if {"shared_utkface", "real_hed_weights"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)

@@ -146,7 +146,7 @@ def test_os_error_while_writing_is_one_line_and_leaves_nothing(folder_dataset, t
     monkeypatch.setattr(Path, "write_text", fail)
     rc, _, err = in_process(capsys, "data", "--data", folder_dataset, "--out", out)
     monkeypatch.undo()
-    one_line_error(rc, err, f"error: {out}.tmp: {os.strerror(code)}")
+    one_line_error(rc, err, f"error: {out}: {os.strerror(code)}")
     assert list(out.parent.iterdir()) == []
 
 

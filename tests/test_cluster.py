@@ -21,6 +21,8 @@ from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import FeatureStore, StoreWriter
 
+pytestmark = pytest.mark.cluster
+
 distributed = pytest.importorskip("distributed")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship this module's helpers to workers
 

@@ -177,6 +177,7 @@ def done_markers(store: Path) -> np.ndarray | None:
         return None
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(csv_dataset, tiny_weights, tmp_path):
     store = tmp_path / "killed.zarr"
     script = tmp_path / "slow_run.py"

@@ -17,6 +17,8 @@ from featx_cli.main import main
 
 from conftest import tiny_state_dict
 
+pytestmark = pytest.mark.slow
+
 ARGS = dict(epochs=3, batch_size=8, precision="fp32", workers=0, progress=False, block_rows=16)
 
 

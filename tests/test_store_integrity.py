@@ -126,6 +126,7 @@ with writer_lock(sys.argv[1], "featx extract"):
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_holder(csv_dataset, tiny_weights, tmp_path, capsys):
     store = tmp_path / "l.zarr"
     script = tmp_path / "hold.py"
@@ -147,6 +148,7 @@ def test_a_second_writer_is_refused_naming_the_holder(csv_dataset, tiny_weights,
     assert s["computed"] == 40
 
 
+@pytest.mark.slow
 def test_lock_is_held_for_the_whole_run_and_released(tmp_path):
     store = tmp_path / "x.zarr"
     with writer_lock(store) as me:
