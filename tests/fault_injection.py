@@ -34,7 +34,7 @@ import sys, time
 import featx.extract as fx
 call = fx.Extractor.__call__
 def slow(self, x, pad_to=None):
-    time.sleep(0.05)
+    time.sleep(0.2)
     return call(self, x, pad_to)
 fx.Extractor.__call__ = slow
 data, weights, store = sys.argv[1:4]
@@ -91,7 +91,7 @@ def sigkill_trial(data, weights, ref, work: Path, rng: random.Random) -> str:
     deadline = time.time() + 120
     while not (store / "zarr.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)  # the store exists: the run is computing
-    time.sleep(rng.uniform(0.0, 1.5))
+    time.sleep(rng.uniform(0.0, 2.0))  # 10 batches of >= 0.2 s: most kills land mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     s = extract(data, weights, store)
