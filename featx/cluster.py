@@ -148,10 +148,29 @@ def connect(cluster: str | LocalSpec | None, scheduler: str | None, *, device: s
         return
     spec = cluster if isinstance(cluster, LocalSpec) else parse_cluster(cluster)
     # GPU workers decode with DataLoader processes, which a daemonic worker may not start
-    with dask.config.set({"distributed.worker.daemon": False}) if local_gpus(device) else contextlib.nullcontext():
+    with dask.config.set({"distributed.worker.daemon": False}) if local_gpus(device) else contextlib.nullcontext(), \
+            kept_environ(THREAD_VARS):
         lc, info = start_local(spec, device=device)
         with lc, Client(lc, set_as_default=False) as c:
             yield c, {"scheduler": lc.scheduler_address, "local": True, "in_process": False, **info}
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def kept_environ(names):
+    """Restore these environment variables afterwards: starting a LocalCluster sets OMP/MKL/OpenBLAS
+    threads to 1 in this process's environment, which every later subprocess would inherit."""
+    before = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # --- the worker side ---------------------------------------------------------------------------

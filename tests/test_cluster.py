@@ -46,8 +46,9 @@ def assert_same_store(a: FeatureStore, b: FeatureStore) -> None:
 
 
 def start_cluster(n=2, processes=True, **kw):
-    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
-                                       dashboard_address=":0", silence_logs=40, **kw)
+    with fc.kept_environ(fc.THREAD_VARS):  # LocalCluster would set OMP_NUM_THREADS=1 for every later test
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
+                                           dashboard_address=":0", silence_logs=40, **kw)
     return cluster, distributed.Client(cluster, set_as_default=False)
 
 
@@ -263,3 +264,12 @@ def test_feature_array_is_a_lazy_dask_view(folder_dataset, tiny_weights, tmp_pat
     np.testing.assert_array_equal(feature_array(fs).compute(), fs.features())
     with pytest.raises(FeatxError, match="flip"):
         feature_array(path, flip=True)
+
+
+def test_a_local_cluster_leaves_the_thread_environment_alone(folder_dataset, tiny_weights, tmp_path, monkeypatch):
+    """dask's LocalCluster sets OMP_NUM_THREADS=1 in this process's environment; later subprocesses
+    (decode workers, other runs) must not inherit that from a finished cluster run."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    extract_on_cluster(folder_dataset, "vgg16.hed", tmp_path / "e.zarr", cluster="local:1", weights=tiny_weights, **KW)
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "2"
