@@ -16,6 +16,7 @@ a vector tap ("fc7", "embedding"), or several joined with "+".
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -66,7 +67,6 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
-BUILTIN = ("vgg16", "facenet")  # modules in this package, imported on first use
 
 
 def register_family(family: Family) -> Family:
@@ -75,12 +75,9 @@ def register_family(family: Family) -> Family:
 
 
 def load_builtin() -> None:
-    for name in BUILTIN:
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
+    """Import every module of this package once: each registers its family and releases."""
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
 
 
 def get_family(arch: str) -> Family:
