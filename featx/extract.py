@@ -426,7 +426,8 @@ def refresh(writer: StoreWriter, manifest) -> tuple[list[int], str]:
         return [], ""  # a store from before featx 0.2: nothing to compare with
     fs = writer.reader()
     done = writer.done()
-    now = digests(manifest.root, manifest.paths, range(writer.n))
+    finished = [i for k, (a, b) in enumerate(writer.shards) if done[k] for i in range(a, b)]
+    now = digests(manifest.root, manifest.paths, finished)  # unfinished shards are computed anyway
     damaged, changed, images = [], [], 0
     for k, (a, b) in enumerate(writer.shards):
         if not done[k]:

