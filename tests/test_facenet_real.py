@@ -13,7 +13,6 @@ the tests skip only when neither works. The photo tests skip when ../shared/data
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import replace
 from pathlib import Path
 
