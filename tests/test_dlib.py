@@ -34,7 +34,8 @@ from featx.releases import RELEASES, get_release
 from conftest import fetch_real_weights
 
 REF = Path(__file__).parent / "data" / "dlib_reference.npz"
-WIDTHS, REPEATS = (4, 6, 8, 10, 12), (2, 2, 1, 1, 1)  # toy levels; the real net: (32, 64, 128, 256, 256), (3, 4, 3, 3, 1)
+# toy levels; the real net's: widths (32, 64, 128, 256, 256), repeats (3, 4, 3, 3, 1)
+WIDTHS, REPEATS = (4, 6, 8, 10, 12), (2, 2, 1, 1, 1)
 EMB = 5
 
 # --- dlib's encodings, written from dlib/serialize.h's description --------------------------------
@@ -218,7 +219,8 @@ def test_refuses_other_files_in_one_line(tmp_path):
         "ends early": data[:-7],
         "bytes left": data + b"\x01\x00",
         "not supported": tiny_dat(sd, layer_hook=lambda ls: [d_str("bn_con2")] + ls[1:]),
-        "padding": tiny_dat(sd, layer_hook=lambda ls: ls[:4] + [con(np.zeros((4, 4, 3, 3)), np.zeros(4), 1, 0)] + ls[5:]),
+        "padding": tiny_dat(sd, layer_hook=lambda ls: ls[:4] + [con(np.zeros((4, 4, 3, 3)), np.zeros(4), 1, 0)]
+                            + ls[5:]),
         "expects": tiny_dat(sd, mean=(0.0, 0.0, 0.0)),
     }
     for why, blob in cases.items():
@@ -280,7 +282,8 @@ def test_down_block_adds_a_zero_padded_shortcut(tiny):
     """level4's first block at a 8x8 map: the con path gives 3x3, the avg-pooled shortcut 4x4 of fewer
     channels; dlib adds them over the larger shape, the missing values being zeros."""
     blk = tiny.level4[0]
-    x = torch.relu(images(1, 8))[:, :1].repeat(1, WIDTHS[2], 1, 1) * torch.linspace(0.5, 1.5, WIDTHS[2]).view(1, -1, 1, 1)
+    x = torch.relu(images(1, 8))[:, :1].repeat(1, WIDTHS[2], 1, 1)
+    x = x * torch.linspace(0.5, 1.5, WIDTHS[2]).view(1, -1, 1, 1)
     with torch.no_grad():
         y = blk.affine2(blk.conv2(torch.relu(blk.affine1(blk.conv1(x)))))
         s = F.avg_pool2d(x, 2, 2)
@@ -341,7 +344,8 @@ def test_preprocess_is_dlibs_input_layer_on_a_known_image(tiny):
     np.testing.assert_allclose(t.numpy(), want.transpose(2, 0, 1), atol=1e-6)
     # a 200x200 chip is resized whole (crop 1.0) to 150: a flat colour stays that colour
     flat = rel.preprocess(Image.fromarray(np.full((200, 200, 3), (200, 100, 50), np.uint8)))
-    assert torch.allclose(flat[:, 75, 75], torch.tensor([(200 - 122.782) / 256, (100 - 117.001) / 256, (50 - 104.298) / 256]))
+    want = torch.tensor([(200 - 122.782) / 256, (100 - 117.001) / 256, (50 - 104.298) / 256])
+    assert torch.allclose(flat[:, 75, 75], want)
     # the extractor's on-device normalisation equals the release's
     u8 = np.random.default_rng(3).integers(0, 256, (2, 150, 150, 3), dtype=np.uint8)
     ex = Extractor("dlib.resnet", tap="embedding", device="cpu", precision="fp32", loaded=(rel, tiny, "x"))

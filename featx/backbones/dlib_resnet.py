@@ -256,8 +256,10 @@ register_release(Release(
     sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
     size=22466066,
     arch="dlib-resnet",
-    # dlib's input_rgb_image_sized<150>: (pixel - mean) / 256 per channel, RGB. The whole aligned chip is
-    # resized to 150 (crop 1.0), as dlib's own 150x150 chips (get_face_chip, padding 0.25) hold the face.
+    # dlib's input_rgb_image_sized<150>: (pixel - mean) / 256 per channel, RGB. Crop 1.0: the whole aligned
+    # chip is resized to 150. dlib's own chip (get_face_chip_details, size 150, padding 0.25) of a 200x200
+    # UTKFace chip spans 1.10x its side, centred, unrotated (benchmarks/dlib_reference.py --geometry), so
+    # the whole chip is the closest crop; featx does no alignment of its own.
     preprocess=Preprocess(size=150, resize=150, channels="RGB", scale=255.0, mean=DLIB_MEAN,
                           std=(256.0, 256.0, 256.0), crop=1.0),
     formats=("dlib-dat",),

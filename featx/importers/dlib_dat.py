@@ -20,6 +20,7 @@ knows its network (featx.backbones.dlib_resnet).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -229,8 +230,6 @@ def read_net(data: bytes, what: str) -> DatNet:
     return DatNet(loss, name, mean, size, layers, versions)
 
 
-def read_net_file(path) -> DatNet:
-    from pathlib import Path
-
+def read_net_file(path: str | Path) -> DatNet:
     path = Path(path)
     return read_net(path.read_bytes(), path.name)
