@@ -39,6 +39,9 @@ def fine_tune(
     balance: str = typer.Option("none", "--balance", help="none, weights (class-weighted loss) or sample "
                                                           "(oversample the smaller classes)."),
     patience: int = typer.Option(3, "--patience", min=0, help="Stop after this many epochs without a better val AUC."),
+    head_epochs: int = typer.Option(5, "--head-epochs", min=0,
+                                    help="Epochs of the head alone on frozen features before the stages train "
+                                         "(0: none; one extra forward of the trainable stages)."),
     seed: int = typer.Option(0, "--seed"),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the base release."),
     cache: Optional[str] = typer.Option(None, "--cache", callback=checks.store_target, help="Prefix store (default: under cache/features)."),
@@ -54,10 +57,10 @@ def fine_tune(
     s = run(data, backbone, out, unfreeze=unfreeze, from_tap=from_tap, lr=lr, layer_decay=layer_decay,
             head_lr=head_lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, warmup=warmup,
             label_smoothing=label_smoothing, head=head, hidden=hidden, dropout=dropout, augment=augment,
-            shift=shift, balance=balance, patience=patience, seed=seed, weights=weights, cache=cache, name=name,
+            shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, weights=weights, cache=cache, name=name,
             device=device, precision=precision, workers=workers, progress=not quiet)
     t = s.get("test") or {}
-    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}; val accuracy {s['val_accuracy']:.4f}"
+    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{' (0: the head alone)' * (s['best_epoch'] == 0)}; val accuracy {s['val_accuracy']:.4f}"
                + (f"; test accuracy {t['accuracy']:.4f} ({t['n']} images)" if t else "")
                + "".join(f"; {g} {t[f'accuracy_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
                          if f"accuracy_{g}" in t)

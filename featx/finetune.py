@@ -46,6 +46,7 @@ class FineTuneConfig:
     shift: int = 1  # cells of random translation for "shift"
     balance: str = "none"  # none | weights (class-weighted loss) | sample (oversample smaller classes)
     patience: int = 3  # epochs without a better val AUC before stopping
+    head_epochs: int = 5  # epochs of the head alone on frozen features before the stages train (0: none)
     seed: int = 0
 
     def check(self, family) -> None:
@@ -63,6 +64,8 @@ class FineTuneConfig:
         for k in ("epochs", "batch_size", "patience"):
             if getattr(self, k) < 1:
                 raise FeatxError(f"--{k.replace('_', '-')} must be at least 1")
+        if self.head_epochs < 0:
+            raise FeatxError("--head-epochs must be 0 or more")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
             raise FeatxError("--label-smoothing and --dropout must be in [0, 1)")
 
@@ -245,8 +248,8 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
                "test_accuracy": te.get("accuracy"), "test_auc": te.get("auc"), "n_test": int(len(test_idx)),
                "test": te, "train_seconds": round(pr.seconds, 1), "prefix_seconds": round(prefix_s, 1),
                "wall_seconds": round(time.perf_counter() - t_start, 1),
-               "epoch_seconds": [h["seconds"] for h in pr.history]}
-    summary["val_loss"] = next(h["val_loss"] for h in pr.history if h["epoch"] == pr.best_epoch)
+               "epoch_seconds": [h["seconds"] for h in pr.history], "head_probe": pr.probe}
+    summary["val_loss"] = next(h["val_loss"] for h in [pr.probe or {}, *pr.history] if h.get("epoch") == pr.best_epoch)
     fam = base[0].family
     head_tap = net.head_tap(fam.finetune[cfg.from_tap])
     lin = Lineage(base[0], base[2], cfg.from_tap, head_tap, store.attrs["manifest_hash"], identity, str(store.name))
@@ -260,7 +263,7 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
     from .weights import register_finetuned
 
     register_finetuned(out)
-    log(f"fine-tuned {name}: best epoch {pr.best_epoch}, val acc {va['accuracy']:.4f} auc {va['auc']:.4f}"
+    log(f"fine-tuned {name}: best epoch {pr.best_epoch}{' (the head alone)' if pr.best_epoch == 0 else ''}, val acc {va['accuracy']:.4f} auc {va['auc']:.4f}"
         + (f", test acc {te['accuracy']:.4f} on {te['n']} images" if te else "")
         + f"; {summary['wall_seconds']:.0f}s in all")
     return summary

@@ -168,6 +168,7 @@ class Progress:
     best_epoch: int = 0
     bad: int = 0
     seconds: float = 0.0  # training wall time over all sessions
+    probe: dict | None = None  # the head-only phase's record (`head_probe`)
 
     def improves(self, rec: dict) -> bool:
         """Better val AUC (accuracy where AUC is undefined); equal AUC with a lower val loss breaks ties."""
@@ -231,6 +232,11 @@ class Trainer:
 
     def fit(self, opt: Optimiser, identity: dict, train_rows, val_rows) -> Progress:
         pr = self.resume(opt, identity)
+        if pr.epoch == 0 and self.cfg.head_epochs > 0:
+            pr.probe = head_probe(self.net, self.loop, self.eval_batches, (train_rows, val_rows), self.cfg, self.log)
+            pr.seconds += pr.probe["seconds"]
+            pr.improves(pr.probe)  # "epoch 0": the head alone is the first candidate for the best checkpoint
+            save_tensors({f"net.{k}": v for k, v in self.net.state_dict().items()}, self.out / BEST_FILE)
         while pr.epoch < self.cfg.epochs and pr.bad < self.cfg.patience:
             rec = self.epoch(opt, pr, train_rows, val_rows)
             pr.epoch, pr.seconds = rec["epoch"], pr.seconds + rec["seconds"]
@@ -254,3 +260,60 @@ class Trainer:
         for p in self.out.glob("checkpoint-*.safetensors"):
             if p.name != keep:
                 p.unlink(missing_ok=True)
+
+
+@torch.inference_mode()
+def frozen_features(net, loop: Loop, batches, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(rows sorted, standardised head inputs float16) through the stages as they are now."""
+    net.eval()
+    out_rows, feats = [], []
+    for r, x in batches(rows, None):
+        x = x.to(loop.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(loop.device, dtype=loop.amp, enabled=loop.amp is not None):
+            f = net.features(x).float()
+        feats.append(((f - net.mean) / net.scale).half().cpu().numpy())
+        out_rows.append(np.asarray(r))
+    r = np.concatenate(out_rows)
+    order = np.argsort(r, kind="stable")
+    return r[order], np.concatenate(feats)[order]
+
+
+def head_probe(net, loop: Loop, batches, rows: tuple, cfg, log) -> dict:
+    """Train the head alone on the frozen stages' features for `cfg.head_epochs`, before they unfreeze.
+
+    Linear probing, then fine-tuning: a random head's gradients otherwise move the pretrained stages
+    before the head knows anything (on 19k faces the un-probed VGG run fell to val accuracy 0.47).
+    One forward of the trainable stages; the head epochs then cost next to nothing."""
+    t0 = time.perf_counter()
+    tr, feats = frozen_features(net, loop, batches, rows[0])
+    va, vfeats = frozen_features(net, loop, batches, rows[1])
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(net.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    steps = cfg.head_epochs * -(-len(tr) // cfg.batch_size)
+    from .finetune_data import epoch_rows
+
+    k, pos = 0, np.arange(len(tr))
+    for _ in range(cfg.head_epochs):
+        net.head.train()
+        order = rng.permutation(epoch_rows(pos, loop.labels[tr], cfg.balance, rng))
+        for b in range(0, len(order), cfg.batch_size):
+            i = order[b:b + cfg.batch_size]
+            for g in opt.param_groups:
+                g["lr"] = cfg.head_lr * lr_factor(k, steps, 0)
+            x = torch.from_numpy(feats[i]).float().to(loop.device)
+            loss = loop.loss(net.head(x), torch.from_numpy(loop.labels[tr[i]]).to(loop.device), loop.smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            k += 1
+    net.head.eval()
+    with torch.no_grad():
+        p = torch.softmax(net.head(torch.from_numpy(vfeats).float().to(loop.device)), 1).cpu().numpy()
+    y = loop.labels[va]
+    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+    rec = {"epoch": 0, "epochs": cfg.head_epochs, "val_loss": loss, "val_accuracy": float((p.argmax(1) == y).mean()),
+           "val_auc": auc_of(y, p), "seconds": round(time.perf_counter() - t0, 2)}
+    log(f"head alone, {cfg.head_epochs} epochs on frozen features: val acc {rec['val_accuracy']:.4f} "
+        f"auc {rec['val_auc']:.4f} | {rec['seconds']:.1f}s")
+    return rec

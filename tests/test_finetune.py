@@ -197,7 +197,7 @@ def test_early_stopping_on_val_auc_keeps_the_best_epoch(env, tmp_path, monkeypat
 
     monkeypatch.setattr(finetune_train.Loop, "evaluate", scripted)
     out = tmp_path / "es"
-    s = fine_tune(data, "vgg16.hed", out, weights=weights, patience=2, **{**ARGS, "epochs": 8})
+    s = fine_tune(data, "vgg16.hed", out, weights=weights, patience=2, head_epochs=0, **{**ARGS, "epochs": 8})
     assert (s["epochs_run"], s["best_epoch"]) == (4, 2)
     assert [h["val_auc"] for h in json.loads((out / "history.json").read_text())] == [0.6, 0.8, 0.7, 0.75]
     assert torch.equal(load_file(str(out / "weights.safetensors"))["conv5_3.weight"], snaps[0.8])
@@ -348,3 +348,49 @@ def test_lr_zero_is_the_frozen_baseline(env, tmp_path):
     out = tmp_path / "frozen"
     s = fine_tune(data, "vgg16.hed", out, weights=weights, lr=0.0, **{**ARGS, "epochs": 1})
     assert changed_blocks(out) == set() and s["val_accuracy"] > 0.7  # only the head trained
+
+
+def test_head_trains_alone_on_frozen_features_before_the_stages(env, tmp_path, monkeypatch):
+    import featx.finetune_train as ft
+
+    data, weights = env
+    seen, real = {}, ft.head_probe
+
+    def spy(net, *args, **kw):
+        stages = {n: p.detach().clone() for n, p in net.base.named_parameters()}
+        head = [p.detach().clone() for p in net.head.parameters()]
+        rec = real(net, *args, **kw)
+        seen["stages_kept"] = all(torch.equal(stages[n], p) for n, p in net.base.named_parameters())
+        seen["head_moved"] = any(not torch.equal(a, b) for a, b in zip(head, net.head.parameters()))
+        return rec
+
+    monkeypatch.setattr(ft, "head_probe", spy)
+    lines = []
+    s = fine_tune(data, "vgg16.hed", tmp_path / "probed", weights=weights, log=lines.append, head_epochs=4,
+                  **{**ARGS, "epochs": 1})
+    assert seen == {"stages_kept": True, "head_moved": True}
+    first = [i for i, m in enumerate(lines) if m.startswith(("head alone", "epoch "))]
+    assert lines[first[0]].startswith("head alone, 4 epochs") and lines[first[1]].startswith("epoch 1/1")
+    assert s["head_probe"]["epochs"] == 4 and s["head_probe"]["val_accuracy"] > 0.7
+    seen.clear()
+    lines.clear()
+    s = fine_tune(data, "vgg16.hed", tmp_path / "unprobed", weights=weights, log=lines.append, head_epochs=0,
+                  **{**ARGS, "epochs": 1})
+    assert s["head_probe"] is None and not seen and not any(m.startswith("head alone") for m in lines)
+
+
+def test_the_head_alone_is_kept_when_no_epoch_beats_it(env, tmp_path, monkeypatch):
+    from featx import finetune_train
+
+    data, weights = env
+    real = finetune_train.Loop.evaluate
+
+    def worse(self, net, batches, rows):
+        return {**real(self, net, batches, rows), "auc": 0.0}
+
+    monkeypatch.setattr(finetune_train.Loop, "evaluate", worse)
+    out = tmp_path / "probe-best"
+    s = fine_tune(data, "vgg16.hed", out, weights=weights, patience=2, head_epochs=3, **{**ARGS, "epochs": 5})
+    assert (s["epochs_run"], s["best_epoch"]) == (2, 0)  # two epochs without beating the head alone
+    assert changed_blocks(out) == set()  # the exported stages are the base's: the head-alone checkpoint
+    assert s["val_loss"] == s["head_probe"]["val_loss"]
