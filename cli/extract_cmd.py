@@ -13,8 +13,9 @@ def extract(
     backbone: str = typer.Option(..., "--backbone", help="Release name, e.g. vgg16.hed (see `featx weights list`)."),
     data: str = typer.Option(..., "--data", help="Class folder, CSV, CelebA/UTKFace root, or a manifest."),
     store: str = typer.Option(..., "--store", callback=checks.store_target, help="Zarr store path or URL, e.g. cache/features/utk-vgg16hed.zarr."),
-    tap: str = typer.Option("pool5-gap", "--tap", help="Where to read features: a tap of the release's family "
-                            "(`featx weights list` shows each release's), e.g. pool5-gap, pool4-gap+pool5-gap, "
+    tap: Optional[str] = typer.Option(None, "--tap", help="Where to read features: a tap of the release's family "
+                            "(`featx weights list` shows each release's; default: the family's, pool5-gap for VGG16, "
+                            "embedding for the face bases), e.g. pool5-gap, pool4-gap+pool5-gap, "
                             "embedding; map taps take -gap|-max|-gapmax|-flat; join several with '+'."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file: canonical safetensors or any "
                                           "`featx weights import` format (default: the cache)."),

@@ -48,7 +48,7 @@ __all__ = ["extract", "ExtractOptions", "Extractor", "InProcess", "run_unit", "p
 class ExtractOptions:
     """Everything `featx extract` takes besides the data, the backbone and the store."""
 
-    tap: str = "pool5-gap"
+    tap: str | None = None  # None: the family's default tap (VGG16 pool5-gap, the face bases' embedding)
     weights: str | None = None
     batch_size: int | None = None  # 32 on CPU, 128 on GPU
     device: str = "auto"

@@ -144,10 +144,11 @@ class Release:
         """Every tap this release offers, from its family's registry entry."""
         return self.family.tap_names(self.has_fc)
 
-    def parse_tap(self, tap: str) -> list[str]:
+    def parse_tap(self, tap: str | None) -> list[str]:
+        """The tap's parts, checked; None is the family's default tap."""
         from .backbones import parse_tap
 
-        return parse_tap(tap, self.arch, self.has_fc)
+        return parse_tap(tap or self.family.default_tap, self.arch, self.has_fc)
 
     @property
     def filename(self) -> str:

@@ -93,3 +93,12 @@ def test_toy_family_end_to_end(toy, csv_dataset, tmp_path, capsys):
                  "--from-tap", "s2"]) == 0
     assert (model / "release.json").is_file()
     assert main(["predict", "--head", str(model), "--json", photo]) == 0
+
+
+def test_extract_without_tap_reads_the_family_default(toy, csv_dataset, tmp_path):
+    from featx.store import FeatureStore
+
+    store = tmp_path / "default.zarr"
+    assert main(["extract", "--backbone", "toy.v1", "--weights", str(toy), "--data", str(csv_dataset),
+                 "--store", str(store), "-q", "--workers", "0"]) == 0
+    assert FeatureStore.open(store).attrs["tap"] == "s3-gap"  # the toy family's default_tap, not VGG's pool5-gap
