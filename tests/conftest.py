@@ -111,6 +111,22 @@ def fetch_real_weights(tmp_path_factory, name: str):
     return d / f"{name}.safetensors", rec
 
 
+def split_stages(model, arch: str, start: str, x: torch.Tensor) -> list[str]:
+    """Check that running a family's fine-tune split from its cached prefix tap equals the full forward;
+    returns the stages that split trains."""
+    from featx.backbones import forward_taps, get_family, trainable_stages
+
+    upto = get_family(arch).finetune[start]
+    with torch.no_grad():
+        prefix = forward_taps(model, x, {start})[start]
+        full = forward_taps(model, x, {upto})[upto]
+        from_cache = forward_taps(model, prefix, {upto}, start=start)[upto]
+    assert torch.allclose(full, from_cache, atol=1e-6)
+    stages = trainable_stages(model, start, upto)
+    assert start not in stages and stages[-1] == upto
+    return stages
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that use the shared photos are the `real_data` tier (they skip when the photos are absent)."""
     for item in items:

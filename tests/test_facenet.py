@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from featx.backbones import forward_taps, get_family, parse_tap, tap_dim, tap_features, trainable_stages
+from featx.backbones import forward_taps, get_family, parse_tap, tap_dim, tap_features
 from featx.backbones import facenet as fn
 from featx.errors import FeatxError
 from featx.extract import Extractor
 from featx.releases import Preprocess, get_release
+
+from conftest import split_stages
 
 C35, C17_N, W = 8, 8, 4  # toy widths: block35 input, mixed_6a branch_0, branch width
 SIZE = 75  # maps: stem 7x7, mixed_6a 3x3, mixed_7a 1x1
@@ -131,15 +133,7 @@ def test_family_registry_and_release():
 
 @pytest.mark.parametrize("start", sorted(get_family("facenet").finetune))
 def test_finetune_split_from_cached_prefix_equals_full_forward(tiny, start):
-    upto = get_family("facenet").finetune[start]
-    x = images()
-    with torch.no_grad():
-        prefix = forward_taps(tiny, x, {start})[start]
-        full = forward_taps(tiny, x, {upto})[upto]
-        from_cache = forward_taps(tiny, prefix, {upto}, start=start)[upto]
-    assert torch.allclose(full, from_cache, atol=1e-6)
-    stages = trainable_stages(tiny, start, upto)
-    assert stages[-1] == "bottleneck" and start not in stages
+    split_stages(tiny, "facenet", start, images())
     # a generic trainer: only the trainable stages' parameters get gradients
     tiny.requires_grad_(False)
     params = [p for s in stages for p in tiny.stage_module(s).parameters()]
