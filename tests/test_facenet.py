@@ -133,7 +133,10 @@ def test_family_registry_and_release():
 
 @pytest.mark.parametrize("start", sorted(get_family("facenet").finetune))
 def test_finetune_split_from_cached_prefix_equals_full_forward(tiny, start):
-    split_stages(tiny, "facenet", start, images())
+    x, upto = images(), get_family("facenet").finetune[start]
+    stages = split_stages(tiny, "facenet", start, x)
+    with torch.no_grad():
+        prefix = forward_taps(tiny, x, {start})[start]
     # a generic trainer: only the trainable stages' parameters get gradients
     tiny.requires_grad_(False)
     params = [p for s in stages for p in tiny.stage_module(s).parameters()]
