@@ -124,6 +124,17 @@ def split_stages(model, arch: str, start: str, x: torch.Tensor) -> list[str]:
     assert torch.allclose(full, from_cache, atol=1e-6)
     stages = trainable_stages(model, start, upto)
     assert start not in stages and stages[-1] == upto
+    # only the trained stages' parameters get gradients from the cached prefix
+    model.requires_grad_(False)
+    params = [p for s in stages for p in model.stage_module(s).parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    forward_taps(model, prefix, {upto}, start=start)[upto].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params if p.ndim > 1)
+    trained = {id(p) for p in params}
+    assert all(p.grad is None for p in model.parameters() if id(p) not in trained)
+    model.zero_grad(set_to_none=True)
+    model.requires_grad_(False)
     return stages
 
 
