@@ -52,17 +52,29 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 def row_blocks(store, rows: np.ndarray, block_rows: int, rng: np.random.Generator | None):
-    """Yield groups of rows that share a block of whole chunks; shuffled (blocks and rows) with rng."""
+    """Yield groups of rows that share whole store chunks, about `block_rows` rows each.
+
+    Without rng (evaluation): consecutive chunks, rows in order. With rng (training): the chunks are
+    shuffled and a block takes the next ones in that order, its rows shuffled again. Shuffling whole
+    blocks of consecutive rows instead was not enough: manifests are often sorted (UTKFace's file names
+    start with age and gender), so a block of 512 neighbours held one class and the head swung to it
+    from block to block (val accuracy fell 8 points while AUC held)."""
     cr = int(store.attrs["rows_per_chunk"])
-    block = max(cr, block_rows // cr * cr)
-    rows = np.asarray(rows, np.int64)
-    key = rows // block
-    order = np.argsort(key, kind="stable")
-    rows, key = rows[order], key[order]
+    per_block = max(1, block_rows // cr)  # chunks a block holds
+    rows = np.sort(np.asarray(rows, np.int64), kind="stable")
+    chunk = rows // cr
+    if rng is None:
+        key = chunk // per_block
+    else:
+        ids = np.unique(chunk)
+        rank = np.empty(len(ids), np.int64)
+        rank[rng.permutation(len(ids))] = np.arange(len(ids))
+        pos = rank[np.searchsorted(ids, chunk)]  # each row's chunk's place in the shuffled order
+        order = np.argsort(pos, kind="stable")
+        rows, key = rows[order], pos[order] // per_block
     groups = np.split(rows, np.flatnonzero(np.diff(key)) + 1) if rows.size else []
-    if rng is not None:
-        groups = [rng.permutation(g) for g in (groups[i] for i in rng.permutation(len(groups)))]
-    yield from groups
+    for g in groups:
+        yield rng.permutation(g) if rng is not None else g
 
 
 def stream_blocks(store, rows: np.ndarray, block_rows: int, rng: np.random.Generator | None,

@@ -285,6 +285,25 @@ def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
         np.testing.assert_array_equal(x, fs.features(r))
 
 
+def test_training_blocks_mix_a_sorted_manifest(env, tmp_path):
+    """The folder dataset lists all female photos, then all male: training blocks must still mix them."""
+    from featx.extract import extract
+    from featx.finetune_data import row_blocks
+
+    data, weights = env
+    store = tmp_path / "p4.zarr"
+    extract(data, "vgg16.hed", store, tap="pool4", weights=weights, precision="fp32", workers=0, progress=False,
+            rows_per_chunk=2)
+    fs = FeatureStore.open(store)
+    rows, labels = np.arange(len(fs.labels)), np.asarray(fs.labels)
+    assert (np.diff(labels) >= 0).all()  # sorted by class
+    blocks = list(row_blocks(fs, rows, 8, np.random.default_rng(0)))
+    assert sorted(np.concatenate(blocks).tolist()) == rows.tolist()
+    assert all(len(b) <= 8 and len(set((b // 2).tolist())) == len(b) // 2 for b in blocks)  # whole chunks
+    mixed = sum(len(set(labels[b].tolist())) == 2 for b in blocks)
+    assert mixed >= len(blocks) - 2  # consecutive blocks would mix one at most
+
+
 class Toy(torch.nn.Module):
     """A toy family: two conv stages and a vector stage, in the stage protocol."""
 
