@@ -18,7 +18,7 @@ def fine_tune(
                                       "pool3 = blocks 4 and 5)."),
     unfreeze: Optional[str] = typer.Option(None, "--unfreeze", help="Old spelling: block5 = --from-tap pool4, "
                                                                     "block4 = --from-tap pool3."),
-    lr: float = typer.Option(3e-6, "--lr", help="AdamW learning rate of the last trainable stage."),
+    lr: float = typer.Option(1e-5, "--lr", help="AdamW learning rate of the last trainable stage."),
     layer_decay: float = typer.Option(0.5, "--layer-decay", help="Each earlier stage trains at this times the next one's rate."),
     head_lr: float = typer.Option(1e-4, "--head-lr", help="AdamW learning rate of the new head (alone, then with the stages)."),
     weight_decay: float = typer.Option(1e-4, "--weight-decay"),
