@@ -14,7 +14,7 @@ from featx.errors import FeatxError
 
 # The names featx.importers.FORMATS accepts, written out so that building the CLI does not import torch
 # (tests/test_cli_errors.py checks that they agree).
-FORMAT_HELP = "auto|safetensors|torchvision|mcn-pth|torch7|keras-h5|caffe|tf-graphdef"
+FORMAT_HELP = "auto|safetensors|torchvision|mcn-pth|torch7|keras-h5|caffe|tf-graphdef|dlib-dat"
 
 
 def _console() -> Console:
