@@ -180,13 +180,15 @@ _EXTRACTORS: dict[tuple, Any] = {}
 _STATS: Counter = Counter()  # loads, units, rows in this process
 
 
-SAME = ("backbone", "weights", "tap", "device", "dtype", "flip", "compile")
+SAME = ("backbone", "weights", "device", "dtype", "flip", "compile")
 
 
 def _fits(key: dict, spec: dict) -> bool:
-    """A cached extractor serves `spec` when all settings agree; "auto" precision and an unknown sha accept any."""
+    """A cached extractor serves `spec` when all settings agree; "auto" precision and an unknown sha accept any;
+    no tap means the family's default tap."""
     return (all(key[k] == spec[k] for k in SAME) and spec["precision"] in ("auto", key["precision"])
-            and spec["weights_sha256"] in (None, key["weights_sha256"]))
+            and spec["weights_sha256"] in (None, key["weights_sha256"])
+            and key["tap"] == (spec["tap"] or key["default_tap"]))
 
 
 def get_extractor(spec: dict):
@@ -206,7 +208,8 @@ def get_extractor(spec: dict):
         if spec["weights_sha256"] and ex.weights_sha256 != spec["weights_sha256"]:
             raise FeatxError(f"the weights this worker loaded (sha256 {ex.weights_sha256:.12}) are not the "
                              f"driver's ({spec['weights_sha256']:.12}); give every worker the same --weights file")
-        key = {**{k: spec[k] for k in SAME}, "precision": ex.precision, "weights_sha256": ex.weights_sha256}
+        key = {**{k: spec[k] for k in SAME}, "precision": ex.precision, "weights_sha256": ex.weights_sha256,
+               "tap": ex.tap, "default_tap": "+".join(ex.release.parse_tap(None))}
         _EXTRACTORS.clear()  # one model per worker at a time
         _EXTRACTORS[tuple(key.values())] = (key, ex)
         _STATS["loads"] += 1
