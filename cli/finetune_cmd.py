@@ -57,10 +57,11 @@ def fine_tune(
     s = run(data, backbone, out, unfreeze=unfreeze, from_tap=from_tap, lr=lr, layer_decay=layer_decay,
             head_lr=head_lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, warmup=warmup,
             label_smoothing=label_smoothing, head=head, hidden=hidden, dropout=dropout, augment=augment,
-            shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, weights=weights, cache=cache, name=name,
-            device=device, precision=precision, workers=workers, progress=not quiet)
+            shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, weights=weights,
+            cache=cache, name=name, device=device, precision=precision, workers=workers, progress=not quiet)
     t = s.get("test") or {}
-    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{' (0: the head alone)' * (s['best_epoch'] == 0)}; val accuracy {s['val_accuracy']:.4f}"
+    alone = " (0: the head alone)" if s["best_epoch"] == 0 else ""
+    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{alone}; val accuracy {s['val_accuracy']:.4f}"
                + (f"; test accuracy {t['accuracy']:.4f} ({t['n']} images)" if t else "")
                + "".join(f"; {g} {t[f'accuracy_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
                          if f"accuracy_{g}" in t)

@@ -249,7 +249,8 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
                "test": te, "train_seconds": round(pr.seconds, 1), "prefix_seconds": round(prefix_s, 1),
                "wall_seconds": round(time.perf_counter() - t_start, 1),
                "epoch_seconds": [h["seconds"] for h in pr.history], "head_probe": pr.probe}
-    summary["val_loss"] = next(h["val_loss"] for h in [pr.probe or {}, *pr.history] if h.get("epoch") == pr.best_epoch)
+    best = next(h for h in [pr.probe or {}, *pr.history] if h.get("epoch") == pr.best_epoch)
+    summary["val_loss"] = best["val_loss"]
     fam = base[0].family
     head_tap = net.head_tap(fam.finetune[cfg.from_tap])
     lin = Lineage(base[0], base[2], cfg.from_tap, head_tap, store.attrs["manifest_hash"], identity, str(store.name))
@@ -263,7 +264,8 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
     from .weights import register_finetuned
 
     register_finetuned(out)
-    log(f"fine-tuned {name}: best epoch {pr.best_epoch}{' (the head alone)' if pr.best_epoch == 0 else ''}, val acc {va['accuracy']:.4f} auc {va['auc']:.4f}"
+    alone = " (the head alone)" if pr.best_epoch == 0 else ""
+    log(f"fine-tuned {name}: best epoch {pr.best_epoch}{alone}, val acc {va['accuracy']:.4f} auc {va['auc']:.4f}"
         + (f", test acc {te['accuracy']:.4f} on {te['n']} images" if te else "")
         + f"; {summary['wall_seconds']:.0f}s in all")
     return summary

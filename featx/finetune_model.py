@@ -65,8 +65,12 @@ class TuneNet(nn.Module):
         m = self.head_map(x)
         return (m if m.ndim == 2 else pool(m, self.pool_kind)).float()  # a vector tap goes in as it is
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Prefix-tap maps -> the standardised vector the head reads."""
+        return (self.features(x) - self.mean) / self.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head((self.features(x) - self.mean) / self.scale)
+        return self.head(self.head_input(x))
 
     @torch.no_grad()
     def fit_scale(self, maps: torch.Tensor) -> None:

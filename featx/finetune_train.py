@@ -22,13 +22,13 @@ STATE_JSON, BEST_FILE = "checkpoint.json", "best.safetensors"  # + checkpoint-EP
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from .weights import atomic_write
+    from .paths import atomic_write
 
     atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def save_json(obj, path: Path) -> None:
-    from .weights import atomic_write
+    from .paths import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
 
@@ -201,10 +201,13 @@ class Trainer:
         self.log(f"resuming {self.out} after epoch {st['progress']['epoch']}")
         return Progress(**st["progress"])
 
+    def net_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
     def checkpoint(self, opt: Optimiser, pr: Progress, identity: dict, best: bool) -> None:
         """Tensors to a new file per epoch, then the JSON that points at it, then the old file goes:
         a kill at any point leaves a consistent pair."""
-        net_t = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        net_t = self.net_tensors()
         if best:
             save_tensors(net_t, self.out / BEST_FILE)
         opt_t, scalars = opt.tensors()
@@ -236,7 +239,7 @@ class Trainer:
             pr.probe = head_probe(self.net, self.loop, self.eval_batches, (train_rows, val_rows), self.cfg, self.log)
             pr.seconds += pr.probe["seconds"]
             pr.improves(pr.probe)  # "epoch 0": the head alone is the first candidate for the best checkpoint
-            save_tensors({f"net.{k}": v for k, v in self.net.state_dict().items()}, self.out / BEST_FILE)
+            save_tensors(self.net_tensors(), self.out / BEST_FILE)
         while pr.epoch < self.cfg.epochs and pr.bad < self.cfg.patience:
             rec = self.epoch(opt, pr, train_rows, val_rows)
             pr.epoch, pr.seconds = rec["epoch"], pr.seconds + rec["seconds"]
@@ -270,8 +273,8 @@ def frozen_features(net, loop: Loop, batches, rows) -> tuple[np.ndarray, np.ndar
     for r, x in batches(rows, None):
         x = x.to(loop.device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(loop.device, dtype=loop.amp, enabled=loop.amp is not None):
-            f = net.features(x).float()
-        feats.append(((f - net.mean) / net.scale).half().cpu().numpy())
+            f = net.head_input(x)
+        feats.append(f.half().cpu().numpy())
         out_rows.append(np.asarray(r))
     r = np.concatenate(out_rows)
     order = np.argsort(r, kind="stable")
@@ -308,10 +311,11 @@ def head_probe(net, loop: Loop, batches, rows: tuple, cfg, log) -> dict:
             opt.step()
             k += 1
     net.head.eval()
-    with torch.no_grad():
-        p = torch.softmax(net.head(torch.from_numpy(vfeats).float().to(loop.device)), 1).cpu().numpy()
     y = loop.labels[va]
-    loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+    with torch.no_grad():
+        logits = net.head(torch.from_numpy(vfeats).float().to(loop.device)).cpu()
+    loss = F.cross_entropy(logits, torch.from_numpy(y)).item()
+    p = torch.softmax(logits, 1).numpy()
     rec = {"epoch": 0, "epochs": cfg.head_epochs, "val_loss": loss, "val_accuracy": float((p.argmax(1) == y).mean()),
            "val_auc": auc_of(y, p), "seconds": round(time.perf_counter() - t0, 2)}
     log(f"head alone, {cfg.head_epochs} epochs on frozen features: val acc {rec['val_accuracy']:.4f} "

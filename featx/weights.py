@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import FeatxError
-from .paths import atomic_write, featx_home  # noqa: F401  (atomic_write: featx.weights.atomic_write stays)
+from .paths import atomic_write, featx_home
 from .importers import META_CHANNELS, Imported, for_release, read_bytes, read_file, read_safetensors
 from .releases import Release, get_release
 

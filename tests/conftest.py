@@ -111,6 +111,18 @@ def fetch_real_weights(tmp_path_factory, name: str):
     return d / f"{name}.safetensors", rec
 
 
+def synthetic_face(k: int, size: int) -> np.ndarray:
+    """The closed-form test pattern of the known-answer tests (benchmarks/*_reference.py draw the same)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
+    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
 def split_stages(model, arch: str, start: str, x: torch.Tensor) -> list[str]:
     """Check that running a family's fine-tune split from its cached prefix tap equals the full forward;
     returns the stages that split trains."""

@@ -31,7 +31,7 @@ from featx.errors import FeatxError
 from featx.extract import Extractor
 from featx.releases import RELEASES, get_release
 
-from conftest import fetch_real_weights, split_stages
+from conftest import cosine, fetch_real_weights, split_stages, synthetic_face
 
 REF = Path(__file__).parent / "data" / "dlib_reference.npz"
 # toy levels; the real net's: widths (32, 64, 128, 256, 256), repeats (3, 4, 3, 3, 1)
@@ -352,22 +352,10 @@ def real_dlib(tmp_path_factory):
     return load_backbone("dlib.resnet", path)
 
 
-def synthetic(k: int, size: int) -> np.ndarray:
-    """Same closed-form pattern as benchmarks/dlib_reference.py."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
-    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
-
-
 def reference(kind: str) -> list[dict]:
     ref = np.load(REF, allow_pickle=False)
     keys = ("name", "crop", "embedding", "pixels_sha256")
     return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def run(loaded, rows: list[dict], image) -> list[np.ndarray]:
@@ -392,8 +380,7 @@ def run(loaded, rows: list[dict], image) -> list[np.ndarray]:
 def test_descriptor_equals_dlib_on_synthetic_images(real_dlib):
     rows = reference("synthetic")
     assert len(rows) == 6
-    got = run(real_dlib, rows, lambda r: Image.fromarray(synthetic(int(str(r["name"]).split("-")[1]),
-                                                                   int(str(r["name"]).split("-")[2]))))
+    got = run(real_dlib, rows, lambda r: Image.fromarray(synthetic_face(*map(int, str(r["name"]).split("-")[1:3]))))
     for r, emb in zip(rows, got):
         assert cosine(emb, r["embedding"]) >= 0.9999, r["name"]
         np.testing.assert_allclose(emb, r["embedding"], atol=1e-4)

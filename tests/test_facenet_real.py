@@ -24,7 +24,7 @@ from PIL import Image
 from featx.extract import Extractor
 from featx.releases import get_release
 
-from conftest import fetch_real_weights
+from conftest import cosine, fetch_real_weights, synthetic_face
 
 REF = Path(__file__).parent / "data" / "facenet_reference.npz"
 pytestmark = pytest.mark.slow
@@ -50,22 +50,10 @@ def loaded(real_facenet_weights):
     return load_backbone("facenet.casia", real_facenet_weights)
 
 
-def synthetic(k: int, size: int) -> np.ndarray:
-    """Same closed-form pattern as benchmarks/facenet_reference.py."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
-    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
-
-
 def reference(kind: str) -> list[dict]:
     ref = np.load(REF, allow_pickle=False)
     keys = ("name", "crop", "embedding", "pooled", "pixels_sha256")
     return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def run(loaded, rows: list[dict], image, precision: str = "fp32") -> list[tuple[np.ndarray, np.ndarray]]:
@@ -88,7 +76,7 @@ def run(loaded, rows: list[dict], image, precision: str = "fp32") -> list[tuple[
 
 def synthetic_image(r) -> Image.Image:
     _, k, size = str(r["name"]).split("-")
-    return Image.fromarray(synthetic(int(k), int(size)))
+    return Image.fromarray(synthetic_face(int(k), int(size)))
 
 
 def test_embedding_equals_opencv_on_synthetic_images(loaded):

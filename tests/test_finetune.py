@@ -269,15 +269,20 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(env, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
+def pool4_store(env, path, rows_per_chunk: int) -> FeatureStore:
+    """The tiny model's pool4 maps of the folder dataset, as a fine-tune's prefix store."""
     from featx.extract import extract
-    from featx.finetune_data import stream_blocks
 
     data, weights = env
-    store = tmp_path / "p4.zarr"
-    extract(data, "vgg16.hed", store, tap="pool4", weights=weights, precision="fp32", workers=0, progress=False,
-            rows_per_chunk=4)
-    fs = FeatureStore.open(store)
+    extract(data, "vgg16.hed", path, tap="pool4", weights=weights, precision="fp32", workers=0, progress=False,
+            rows_per_chunk=rows_per_chunk)
+    return FeatureStore.open(path)
+
+
+def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
+    from featx.finetune_data import stream_blocks
+
+    fs = pool4_store(env, tmp_path / "p4.zarr", 4)
     idx = fs.indices("train")
     rows = np.concatenate([r for r, _ in stream_blocks(fs, idx, 8, np.random.default_rng(0))])
     assert sorted(rows.tolist()) == sorted(idx.tolist()) and rows.tolist() != sorted(rows.tolist())
@@ -287,14 +292,9 @@ def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
 
 def test_training_blocks_mix_a_sorted_manifest(env, tmp_path):
     """The folder dataset lists all female photos, then all male: training blocks must still mix them."""
-    from featx.extract import extract
     from featx.finetune_data import row_blocks
 
-    data, weights = env
-    store = tmp_path / "p4.zarr"
-    extract(data, "vgg16.hed", store, tap="pool4", weights=weights, precision="fp32", workers=0, progress=False,
-            rows_per_chunk=2)
-    fs = FeatureStore.open(store)
+    fs = pool4_store(env, tmp_path / "p4.zarr", 2)
     rows, labels = np.arange(len(fs.labels)), np.asarray(fs.labels)
     assert (np.diff(labels) >= 0).all()  # sorted by class
     blocks = list(row_blocks(fs, rows, 8, np.random.default_rng(0)))

@@ -42,7 +42,7 @@ def save_head(head: Head, out_dir: str | Path, card: dict) -> Path:
     """Write head.safetensors, then head.json with both digests; each atomically, mode 0644."""
     from safetensors.numpy import save_file
 
-    from ..weights import atomic_write
+    from ..paths import atomic_write
 
     out = Path(out_dir)
     arrays = {k: np.ascontiguousarray(v) for k, v in head.arrays().items()}
