@@ -123,6 +123,36 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+def reference_rows(path: Path, kind: str, keys: tuple[str, ...]) -> list[dict]:
+    """The rows of a committed known-answer file (.npz) of one kind ("synthetic" or "photo")."""
+    ref = np.load(path, allow_pickle=False)
+    return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
+
+
+def known_answer_features(loaded, rows: list[dict], image, tap: str, precision: str = "fp32") -> list[np.ndarray]:
+    """featx's pipeline on each reference row: the release's preprocessing at the row's crop (its pixels
+    checked against the reference's sha256) -> uint8 -> Extractor. One feature vector per row."""
+    import hashlib
+    from dataclasses import replace
+
+    from featx.extract import Extractor
+
+    release, model, sha = loaded
+    out = {}
+    for crop in sorted({float(r["crop"]) for r in rows}):
+        rel = replace(release, preprocess=replace(release.preprocess, crop=crop))
+        idx = [i for i, r in enumerate(rows) if float(r["crop"]) == crop]
+        chips = np.stack([np.asarray(rel.preprocess.resize_crop(image(rows[i])), dtype=np.uint8) for i in idx])
+        for i, chip in zip(idx, chips):
+            assert hashlib.sha256(chip.tobytes()).hexdigest() == rows[i]["pixels_sha256"], \
+                f"{rows[i]['name']}: preprocessed pixels differ from the reference's (PIL resampling changed?)"
+        ex = Extractor(release.name, tap=tap, device="cpu", precision=precision, dtype="float32",
+                       loaded=(rel, model, sha))
+        f, _ = ex(torch.from_numpy(chips))
+        out.update({i: np.asarray(f[j]) for j, i in enumerate(idx)})
+    return [out[i] for i in range(len(rows))]
+
+
 def split_stages(model, arch: str, start: str, x: torch.Tensor) -> list[str]:
     """Check that running a family's fine-tune split from its cached prefix tap equals the full forward;
     returns the stages that split trains."""

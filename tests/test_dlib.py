@@ -31,7 +31,8 @@ from featx.errors import FeatxError
 from featx.extract import Extractor
 from featx.releases import RELEASES, get_release
 
-from conftest import cosine, fetch_real_weights, split_stages, synthetic_face
+from conftest import (cosine, fetch_real_weights, known_answer_features, reference_rows, split_stages,
+                      synthetic_face)
 
 REF = Path(__file__).parent / "data" / "dlib_reference.npz"
 # toy levels; the real net's: widths (32, 64, 128, 256, 256), repeats (3, 4, 3, 3, 1)
@@ -353,27 +354,12 @@ def real_dlib(tmp_path_factory):
 
 
 def reference(kind: str) -> list[dict]:
-    ref = np.load(REF, allow_pickle=False)
-    keys = ("name", "crop", "embedding", "pixels_sha256")
-    return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
+    return reference_rows(REF, kind, ("name", "crop", "embedding", "pixels_sha256"))
 
 
 def run(loaded, rows: list[dict], image) -> list[np.ndarray]:
-    """featx's pipeline: release preprocessing at the row's crop -> uint8 -> Extractor (fp32)."""
-    release, model, sha = loaded
-    out = {}
-    for crop in sorted({float(r["crop"]) for r in rows}):
-        rel = replace(release, preprocess=replace(release.preprocess, crop=crop))
-        idx = [i for i, r in enumerate(rows) if float(r["crop"]) == crop]
-        chips = np.stack([np.asarray(rel.preprocess.resize_crop(image(rows[i])), dtype=np.uint8) for i in idx])
-        for i, chip in zip(idx, chips):
-            assert hashlib.sha256(chip.tobytes()).hexdigest() == rows[i]["pixels_sha256"], \
-                f"{rows[i]['name']}: preprocessed pixels differ from the reference's (PIL resampling changed?)"
-        ex = Extractor("dlib.resnet", tap="embedding", device="cpu", precision="fp32", dtype="float32",
-                       loaded=(rel, model, sha))
-        f, _ = ex(torch.from_numpy(chips))
-        out.update({i: np.asarray(f[j]) for j, i in enumerate(idx)})
-    return [out[i] for i in range(len(rows))]
+    """featx's pipeline (fp32) on the reference rows: dlib's 128-d descriptors."""
+    return known_answer_features(loaded, rows, image, "embedding")
 
 
 @pytest.mark.slow

@@ -12,19 +12,15 @@ the tests skip only when neither works. The photo tests skip when ../shared/data
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from featx.extract import Extractor
 from featx.releases import get_release
 
-from conftest import cosine, fetch_real_weights, synthetic_face
+from conftest import cosine, fetch_real_weights, known_answer_features, reference_rows, synthetic_face
 
 REF = Path(__file__).parent / "data" / "facenet_reference.npz"
 pytestmark = pytest.mark.slow
@@ -51,27 +47,13 @@ def loaded(real_facenet_weights):
 
 
 def reference(kind: str) -> list[dict]:
-    ref = np.load(REF, allow_pickle=False)
-    keys = ("name", "crop", "embedding", "pooled", "pixels_sha256")
-    return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
+    return reference_rows(REF, kind, ("name", "crop", "embedding", "pooled", "pixels_sha256"))
 
 
 def run(loaded, rows: list[dict], image, precision: str = "fp32") -> list[tuple[np.ndarray, np.ndarray]]:
-    """featx's pipeline: release preprocessing at the row's crop -> uint8 -> Extractor (device normalisation)."""
-    release, model, sha = loaded
-    out: dict[int, tuple] = {}
-    for crop in sorted({float(r["crop"]) for r in rows}):
-        rel = replace(release, preprocess=replace(release.preprocess, crop=crop))
-        idx = [i for i, r in enumerate(rows) if float(r["crop"]) == crop]
-        chips = np.stack([np.asarray(rel.preprocess.resize_crop(image(rows[i])), dtype=np.uint8) for i in idx])
-        for i, chip in zip(idx, chips):
-            assert hashlib.sha256(chip.tobytes()).hexdigest() == rows[i]["pixels_sha256"], \
-                f"{rows[i]['name']}: preprocessed pixels differ from the reference's (PIL resampling changed?)"
-        ex = Extractor("facenet.casia", tap="embedding+block8-gap", device="cpu", precision=precision,
-                       dtype="float32", loaded=(rel, model, sha))
-        f, _ = ex(torch.from_numpy(chips))
-        out.update({i: (f[j, :512], f[j, 512:]) for j, i in enumerate(idx)})
-    return [out[i] for i in range(len(rows))]
+    """featx's pipeline on the reference rows: (embedding, block8-gap) per row."""
+    feats = known_answer_features(loaded, rows, image, "embedding+block8-gap", precision)
+    return [(f[:512], f[512:]) for f in feats]
 
 
 def synthetic_image(r) -> Image.Image:
