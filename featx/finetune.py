@@ -234,7 +234,7 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
     net, batches, evals = build_parts(store, base, cfg, run, device)
     labels = np.asarray(store.labels, np.int64)
     weight = class_weights(labels[train_idx], len(store.classes)) if cfg.balance == "weights" else None
-    loop = Loop(labels, device, autocast_dtype(device, run.precision), cfg.label_smoothing, weight)
+    loop = Loop(labels, device, autocast_dtype(device, run.precision), cfg.label_smoothing, weight, run.progress)
     n_epoch = len(train_idx) if cfg.balance != "sample" else \
         len(store.classes) * int(np.bincount(labels[train_idx]).max())
     opt = Optimiser(net, cfg, -(-n_epoch // cfg.batch_size))

@@ -118,38 +118,49 @@ class Loop:
     amp: torch.dtype | None = None
     smoothing: float = 0.0
     weight: torch.Tensor | None = None
+    progress: bool = False  # a bar per pass on a terminal, status lines in a log
+
+    def bar(self, label: str, total: int):
+        from .progress import progress_bar
+
+        return progress_bar(self.progress, total, 0, label=label, transient=True)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
         w = self.weight.to(logits.device) if self.weight is not None else None
         return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=smoothing)
 
-    def train(self, net, batches, rows, opt: Optimiser, rng) -> float:
+    def train(self, net, batches, rows, opt: Optimiser, rng, label: str = "train") -> float:
         """One training epoch; returns the mean train loss."""
         net.train(True)
         total, seen = 0.0, 0
-        for r, x in batches(rows, rng):
-            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-            y = torch.from_numpy(self.labels[r]).to(self.device)
-            with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
-                logits = net(x)
-            loss = self.loss(logits, y, self.smoothing)
-            opt.step(loss)
-            total += loss.item() * len(r)
-            seen += len(r)
+        with self.bar(label, len(rows)) as advance:
+            for r, x in batches(rows, rng):
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                y = torch.from_numpy(self.labels[r]).to(self.device)
+                with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
+                    logits = net(x)
+                loss = self.loss(logits, y, self.smoothing)
+                opt.step(loss)
+                total += loss.item() * len(r)
+                seen += len(r)
+                advance(len(r))
         return total / max(seen, 1)
 
     @torch.inference_mode()
-    def evaluate(self, net, batches, rows) -> dict:
+    def evaluate(self, net, batches, rows, label: str = "score") -> dict:
         """loss (no smoothing), accuracy, AUC and the probabilities of `rows` (sorted)."""
         net.eval()
         out_rows, probs, total = [], [], 0.0
-        for r, x in batches(rows, None):
-            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
-                logits = net(x).float()
-            total += F.cross_entropy(logits, torch.from_numpy(self.labels[r]).to(self.device), reduction="sum").item()
-            out_rows.append(np.asarray(r))
-            probs.append(torch.softmax(logits, 1).cpu().numpy())
+        with self.bar(label, len(rows)) as advance:
+            for r, x in batches(rows, None):
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
+                    logits = net(x).float()
+                y = torch.from_numpy(self.labels[r]).to(self.device)
+                total += F.cross_entropy(logits, y, reduction="sum").item()
+                out_rows.append(np.asarray(r))
+                probs.append(torch.softmax(logits, 1).cpu().numpy())
+                advance(len(r))
         r, p = np.concatenate(out_rows), np.concatenate(probs)
         order = np.argsort(r, kind="stable")
         r, p = r[order], p[order]
@@ -224,8 +235,8 @@ class Trainer:
         from .finetune_data import epoch_rows
 
         rows = epoch_rows(train_rows, self.loop.labels, cfg.balance, rng)
-        loss = self.loop.train(self.net, self.batches, rows, opt, rng)
-        va = self.loop.evaluate(self.net, self.eval_batches, val_rows)
+        loss = self.loop.train(self.net, self.batches, rows, opt, rng, label=f"epoch {e}/{cfg.epochs} train")
+        va = self.loop.evaluate(self.net, self.eval_batches, val_rows, label=f"epoch {e}/{cfg.epochs} val")
         dt = time.perf_counter() - t0
         rec = {"epoch": e, "train_loss": loss, "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                "val_auc": va["auc"], "seconds": round(dt, 2)}
@@ -266,16 +277,18 @@ class Trainer:
 
 
 @torch.inference_mode()
-def frozen_features(net, loop: Loop, batches, rows) -> tuple[np.ndarray, np.ndarray]:
+def frozen_features(net, loop: Loop, batches, rows, label: str) -> tuple[np.ndarray, np.ndarray]:
     """(rows sorted, standardised head inputs float16) through the stages as they are now."""
     net.eval()
     out_rows, feats = [], []
-    for r, x in batches(rows, None):
-        x = x.to(loop.device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(loop.device, dtype=loop.amp, enabled=loop.amp is not None):
-            f = net.head_input(x)
-        feats.append(f.half().cpu().numpy())
-        out_rows.append(np.asarray(r))
+    with loop.bar(label, len(rows)) as advance:
+        for r, x in batches(rows, None):
+            x = x.to(loop.device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(loop.device, dtype=loop.amp, enabled=loop.amp is not None):
+                f = net.head_input(x)
+            feats.append(f.half().cpu().numpy())
+            out_rows.append(np.asarray(r))
+            advance(len(r))
     r = np.concatenate(out_rows)
     order = np.argsort(r, kind="stable")
     return r[order], np.concatenate(feats)[order]
@@ -288,8 +301,8 @@ def head_probe(net, loop: Loop, batches, rows: tuple, cfg, log) -> dict:
     before the head knows anything (on 19k faces the un-probed VGG run fell to val accuracy 0.47).
     One forward of the trainable stages; the head epochs then cost next to nothing."""
     t0 = time.perf_counter()
-    tr, feats = frozen_features(net, loop, batches, rows[0])
-    va, vfeats = frozen_features(net, loop, batches, rows[1])
+    tr, feats = frozen_features(net, loop, batches, rows[0], "head alone: train features")
+    va, vfeats = frozen_features(net, loop, batches, rows[1], "head alone: val features")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(net.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)

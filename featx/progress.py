@@ -7,7 +7,14 @@ import os
 import sys
 import time
 
-EVERY_S = float(os.environ.get("FEATX_PROGRESS_EVERY", "30"))  # seconds between status lines in a log
+EVERY_S = 30.0  # seconds between status lines in a log; FEATX_PROGRESS_EVERY overrides it
+
+
+def every_s() -> float:
+    try:
+        return float(os.environ.get("FEATX_PROGRESS_EVERY", EVERY_S))
+    except ValueError:
+        return EVERY_S
 
 
 def _eta(seconds: float) -> str:
@@ -17,14 +24,17 @@ def _eta(seconds: float) -> str:
 
 
 class StatusLines:
-    """`label: done/total (pct), rate/s, ETA m:ss` to stderr every `every` seconds, and once at the end."""
+    """`label: done/total (pct), rate/s, ETA m:ss` to stderr every `every` seconds, and once at the end
+    (with `final=False`, at the end only when a line was already printed: short passes stay silent)."""
 
-    def __init__(self, label: str, total: int, completed: int, unit: str = "img", every: float = EVERY_S,
-                 stream=None):
-        self.label, self.total, self.done, self.unit, self.every = label, total, completed, unit, every
+    def __init__(self, label: str, total: int, completed: int, unit: str = "img", every: float | None = None,
+                 stream=None, final: bool = True):
+        self.label, self.total, self.done, self.unit = label, total, completed, unit
+        self.every = every_s() if every is None else every
         self.start_done, self.t0 = completed, time.monotonic()
         self.last = self.t0
         self.stream = stream or sys.stderr
+        self.final, self.printed = final, False
 
     def line(self) -> str:
         dt = max(time.monotonic() - self.t0, 1e-9)
@@ -39,22 +49,24 @@ class StatusLines:
         self.done += k
         now = time.monotonic()
         if now - self.last >= self.every:
-            self.last = now
+            self.last, self.printed = now, True
             print(self.line(), file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.done > self.start_done:
+        if self.done > self.start_done and (self.final or self.printed):
             print(self.line(), file=self.stream, flush=True)
 
 
 @contextlib.contextmanager
-def progress_bar(show: bool, total: int, completed: int, label: str = "extract", unit: str = "img"):
-    """Yields advance(k). A rich bar with rate and ETA on a terminal; status lines otherwise."""
+def progress_bar(show: bool, total: int, completed: int, label: str = "extract", unit: str = "img",
+                 transient: bool = False):
+    """Yields advance(k). A rich bar with rate and ETA on a terminal; status lines otherwise.
+    `transient`: the bar goes when done, and a log gets no closing line for a pass shorter than a period."""
     if not show:
         yield lambda k: None
         return
     if not sys.stderr.isatty():
-        status = StatusLines(label, total, completed, unit)
+        status = StatusLines(label, total, completed, unit, final=not transient)
         yield status.advance
         status.close()
         return
@@ -68,6 +80,6 @@ def progress_bar(show: bool, total: int, completed: int, label: str = "extract",
             return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
 
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True)) as p:
+                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=transient) as p:
         task = p.add_task(label, total=total, completed=completed)
         yield lambda k: p.advance(task, k)
