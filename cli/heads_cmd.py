@@ -71,13 +71,14 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict labels for new photos: preprocessing -> backbone -> tap -> head."""
     from featx.predict import iter_predictions
 
     results = []
     for r in iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
-                              device=device):
+                              device=device, progress=not quiet):
         results.append(r)
         if as_json:  # JSON lines, streamed
             print(json.dumps(r.to_dict()), flush=True)

@@ -195,9 +195,11 @@ def stream(model: HeadModel, paths: list[Path], cropper: FaceCropper | None,
 
 
 def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
-                     batch_size: int = 16, device: str = "auto") -> Iterator[Prediction]:
-    """One Prediction per image (or per unusable input, with `error` set), in input order, as they come."""
+                     batch_size: int = 16, device: str = "auto", progress: bool = False) -> Iterator[Prediction]:
+    """One Prediction per image (or per unusable input, with `error` set), in input order, as they come.
+    `progress`: a bar on stderr (status lines in a log, for runs longer than a status period)."""
     from .heads import load_head
+    from .progress import progress_bar
 
     if batch_size < 1:
         raise FeatxError("--batch-size must be at least 1")
@@ -209,7 +211,11 @@ def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None
     paths, errors = collect_images(inputs)
     yield from errors
     if paths:
-        yield from stream(HeadModel(head, card, weights, device, head_dir), paths, cropper, batch_size)
+        model = HeadModel(head, card, weights, device, head_dir)
+        with progress_bar(progress, len(paths), 0, "predict", transient=True) as advance:
+            for pred in stream(model, paths, cropper, batch_size):
+                advance(1)
+                yield pred
 
 
 def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,

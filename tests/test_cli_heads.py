@@ -18,6 +18,7 @@ from featx_cli.main import main
 
 from conftest import make_image, tiny_state_dict
 from test_heads import FakeStore, fake_store
+from test_progress import LINE
 
 RELEASE = "vgg16.hed"
 
@@ -239,3 +240,19 @@ def test_old_import_path_of_the_inference_code_still_works():
 
     assert old.predict_images is new.predict_images and old.FaceCropper is new.FaceCropper
     assert old.Prediction is new.Prediction and old.iter_predictions is new.iter_predictions
+
+
+def test_predict_shows_progress_in_a_log(tmp_path, stores, capsys, tiny_weights, monkeypatch):
+    stores["img.zarr"] = image_store(tmp_path, tiny_weights)
+    assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
+    for k in range(3):
+        make_image(tmp_path / "new" / f"{k}.jpg", seed=600 + k, cls=k % 2)
+    args = ["predict", "--head", str(tmp_path / "h"), str(tmp_path / "new"), "--weights", str(tiny_weights),
+            "--batch-size", "1"]
+    capsys.readouterr()
+    monkeypatch.setenv("FEATX_PROGRESS_EVERY", "0")
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.splitlines()) == 3
+    assert [LINE.match(x)["done"] for x in cap.err.splitlines()] == ["1", "2", "3", "3"]
+    assert main(args + ["-q"]) == 0 and capsys.readouterr().err == ""

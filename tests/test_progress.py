@@ -65,3 +65,4 @@ def test_fine_tune_shows_each_pass_in_a_log(tmp_path, monkeypatch, capsys, folde
     labels = {m["label"] for m in map(LINE.match, capsys.readouterr().err.splitlines()) if m}
     assert {"head alone: train features", "head alone: val features", "epoch 1/2 train", "epoch 1/2 val",
             "epoch 2/2 train", "epoch 2/2 val"} <= labels
+
