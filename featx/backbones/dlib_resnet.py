@@ -240,8 +240,8 @@ register_family(Family(
           TapInfo("level5", 256, 64, "level5"),
           TapInfo("pooled", 256, 0, "pooled", "vector"), TapInfo("embedding", 128, 0, "fc", "vector")),
     default_tap="embedding",
-    # cached prefix -> head input: level5 (and level4) + the fc train from a cached level4 (level3) map
-    finetune={"level4": "embedding", "level3": "embedding"},
+    # cached prefix -> head input: level5 (and level4, level3) + the fc train from a cached level4 (level3, level2) map
+    finetune={"level4": "embedding", "level3": "embedding", "level2": "embedding"},
     cpu_bf16=False,
     description="dlib's ResNet face descriptor (dnn_face_recognition_ex.cpp; 29 convs, 128-d metric embedding)",
 ))
