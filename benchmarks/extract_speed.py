@@ -142,7 +142,7 @@ def decode_normalized(manifest, ex: Extractor, n: int, workers: int) -> torch.Te
     from featx.extract import ImageRows
 
     ds = ImageRows(manifest.root, manifest.paths[:n], ex.preprocess)
-    parts = [ex.normalize(x) for _, x, _, _ in DataLoader(ds, batch_size=64, num_workers=workers)]
+    parts = [ex.normalize(b[1]) for b in DataLoader(ds, batch_size=64, num_workers=workers)]  # b[1]: pixels
     return torch.cat(parts).contiguous(memory_format=torch.channels_last)
 
 

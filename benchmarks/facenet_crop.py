@@ -29,8 +29,8 @@ from featx.weights import load_backbone
 def features(ex: Extractor, root, paths, batch: int = 32) -> tuple[np.ndarray, float]:
     loader = DataLoader(ImageRows(root, paths, ex.preprocess), batch_size=batch, num_workers=1)
     out, t0 = [], time.time()
-    for _, x, _, _ in loader:
-        out.append(ex(x)[0])
+    for batch in loader:  # (rows, pixels, ok, reason, digest)
+        out.append(ex(batch[1])[0])
     return np.concatenate(out).astype(np.float32), len(paths) / (time.time() - t0)
 
 

@@ -38,8 +38,8 @@ def pick_rows(splits: list[str], n_train: int, n_val: int, n_test: int | None) -
 def decode(manifest, rows: np.ndarray, preprocess, workers: int) -> torch.Tensor:
     ds = ImageRows(manifest.root, [manifest.paths[i] for i in rows], preprocess)
     out = torch.zeros((len(rows), preprocess.size, preprocess.size, 3), dtype=torch.uint8)
-    for idx, x, ok, _ in DataLoader(ds, batch_size=64, num_workers=workers):
-        out[idx] = x
+    for batch in DataLoader(ds, batch_size=64, num_workers=workers):  # (rows, pixels, ok, reason, digest)
+        out[batch[0]] = batch[1]
     return out
 
 
