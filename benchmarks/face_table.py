@@ -21,6 +21,9 @@ def pooled(groups: dict, keep) -> tuple[float, int]:
 
 
 def main() -> None:
+    if not sys.argv[1:] or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
     print("| head | store | tap | accuracy | adults (>= 13) | children (< 13) | ROC AUC |")
     print("|---|---|---|---|---|---|---|")
     for path in sys.argv[1:]:
