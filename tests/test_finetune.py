@@ -160,11 +160,13 @@ def test_interrupted_fine_tune_resumes_to_the_same_weights(env, tmp_path):
     ha, hb = (json.loads((d / "history.json").read_text()) for d in (full, part))
     assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
 
-    # SIGKILL wherever the process happens to be after epoch 2 starts its checkpoint
+    # SIGKILL wherever the process happens to be after epoch 2 starts its checkpoint; it waits at
+    # epoch 3's line (before that checkpoint) so that a tiny run cannot finish before the signal lands
     killed = tmp_path / "killed"
-    code = (f"from featx.finetune import fine_tune\n"
+    code = (f"import time\nfrom featx.finetune import fine_tune\n"
+            f"def log(m):\n    print(m, flush=True)\n    time.sleep(60 if m.startswith('epoch 3/') else 0)\n"
             f"fine_tune({str(data)!r}, 'vgg16.hed', {str(killed)!r}, weights={str(weights)!r}, "
-            f"log=lambda m: print(m, flush=True), **{ARGS!r})\n")
+            f"log=log, **{ARGS!r})\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("epoch 2/"):
