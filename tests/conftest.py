@@ -24,6 +24,17 @@ def featx_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def thread_environ():
+    """dask's nannies set OMP/MKL/OpenBLAS threads to 1 in this process whenever they (re)start a
+    worker, e.g. after a test kills one; a later test's subprocess would inherit it and compute with
+    one thread (the killed fine-tune then resumed to other bits than the run it is compared with)."""
+    from featx.cluster import THREAD_VARS, kept_environ
+
+    with kept_environ(THREAD_VARS):
+        yield
+
+
 def make_image(path: Path, seed: int, size: int = 32, cls: int = 0) -> Path:
     """A tiny RGB JPEG whose colour depends on its class, so heads can learn it."""
     rng = np.random.default_rng(seed)

@@ -189,7 +189,7 @@ def test_early_stopping_on_val_auc_keeps_the_best_epoch(env, tmp_path, monkeypat
     real = finetune_train.Loop.evaluate
     snaps = {}
 
-    def scripted(self, net, batches, rows):
+    def scripted(self, net, batches, rows, label=""):
         r = real(self, net, batches, rows)
         a = next(aucs, None)
         if a is not None:
@@ -406,7 +406,7 @@ def test_the_head_alone_is_kept_when_no_epoch_beats_it(env, tmp_path, monkeypatc
     data, weights = env
     real = finetune_train.Loop.evaluate
 
-    def worse(self, net, batches, rows):
+    def worse(self, net, batches, rows, label=""):
         return {**real(self, net, batches, rows), "auc": 0.0}
 
     monkeypatch.setattr(finetune_train.Loop, "evaluate", worse)
