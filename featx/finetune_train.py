@@ -120,10 +120,17 @@ class Loop:
     weight: torch.Tensor | None = None
     progress: bool = False  # a bar per pass on a terminal, status lines in a log
 
-    def bar(self, label: str, total: int):
+    def on_device(self, batches, rows, rng, label: str):
+        """One pass: (rows, maps on the device, channels_last) per batch, with the pass's progress bar."""
         from .progress import progress_bar
 
-        return progress_bar(self.progress, total, 0, label=label, transient=True)
+        with progress_bar(self.progress, len(rows), 0, label=label, transient=True) as advance:
+            for r, x in batches(rows, rng):
+                yield r, x.to(self.device).contiguous(memory_format=torch.channels_last)
+                advance(len(r))
+
+    def autocast(self):
+        return torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
         w = self.weight.to(logits.device) if self.weight is not None else None
@@ -133,17 +140,14 @@ class Loop:
         """One training epoch; returns the mean train loss."""
         net.train(True)
         total, seen = 0.0, 0
-        with self.bar(label, len(rows)) as advance:
-            for r, x in batches(rows, rng):
-                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-                y = torch.from_numpy(self.labels[r]).to(self.device)
-                with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
-                    logits = net(x)
-                loss = self.loss(logits, y, self.smoothing)
-                opt.step(loss)
-                total += loss.item() * len(r)
-                seen += len(r)
-                advance(len(r))
+        for r, x in self.on_device(batches, rows, rng, label):
+            y = torch.from_numpy(self.labels[r]).to(self.device)
+            with self.autocast():
+                logits = net(x)
+            loss = self.loss(logits, y, self.smoothing)
+            opt.step(loss)
+            total += loss.item() * len(r)
+            seen += len(r)
         return total / max(seen, 1)
 
     @torch.inference_mode()
@@ -151,16 +155,13 @@ class Loop:
         """loss (no smoothing), accuracy, AUC and the probabilities of `rows` (sorted)."""
         net.eval()
         out_rows, probs, total = [], [], 0.0
-        with self.bar(label, len(rows)) as advance:
-            for r, x in batches(rows, None):
-                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None):
-                    logits = net(x).float()
-                y = torch.from_numpy(self.labels[r]).to(self.device)
-                total += F.cross_entropy(logits, y, reduction="sum").item()
-                out_rows.append(np.asarray(r))
-                probs.append(torch.softmax(logits, 1).cpu().numpy())
-                advance(len(r))
+        for r, x in self.on_device(batches, rows, None, label):
+            with self.autocast():
+                logits = net(x).float()
+            y = torch.from_numpy(self.labels[r]).to(self.device)
+            total += F.cross_entropy(logits, y, reduction="sum").item()
+            out_rows.append(np.asarray(r))
+            probs.append(torch.softmax(logits, 1).cpu().numpy())
         r, p = np.concatenate(out_rows), np.concatenate(probs)
         order = np.argsort(r, kind="stable")
         r, p = r[order], p[order]
@@ -281,14 +282,11 @@ def frozen_features(net, loop: Loop, batches, rows, label: str) -> tuple[np.ndar
     """(rows sorted, standardised head inputs float16) through the stages as they are now."""
     net.eval()
     out_rows, feats = [], []
-    with loop.bar(label, len(rows)) as advance:
-        for r, x in batches(rows, None):
-            x = x.to(loop.device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(loop.device, dtype=loop.amp, enabled=loop.amp is not None):
-                f = net.head_input(x)
-            feats.append(f.half().cpu().numpy())
-            out_rows.append(np.asarray(r))
-            advance(len(r))
+    for r, x in loop.on_device(batches, rows, None, label):
+        with loop.autocast():
+            f = net.head_input(x)
+        feats.append(f.half().cpu().numpy())
+        out_rows.append(np.asarray(r))
     r = np.concatenate(out_rows)
     order = np.argsort(r, kind="stable")
     return r[order], np.concatenate(feats)[order]
