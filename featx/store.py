@@ -645,6 +645,14 @@ MAX_CLASSES = 50  # a classifier over a numeric target with more distinct values
 TASKS = ("auto", "classify", "regress")
 
 
+def too_many_classes(k: int, n: int) -> bool:
+    """A numeric target is no set of classes when it has over MAX_CLASSES values, or over MAX_CODES
+    values with fewer than 5 rows each on average."""
+    from .targets import MAX_CODES
+
+    return k > MAX_CLASSES or (k > MAX_CODES and n < 5 * k)
+
+
 class FeatureStore(Geometry):
     """Read-only view of a finished featx store, through one target set and one target.
 
@@ -698,7 +706,7 @@ class FeatureStore(Geometry):
             raise FeatxError(f"target {target!r} is categorical ({len(classes)} classes: {', '.join(classes[:5])}"
                              f"{', ...' if len(classes) > 5 else ''}); regression needs a numeric target "
                              f"(declare it with `featx labels type STORE {target} numeric`)")
-        if task == "classify" and t.kind == "numeric" and len(classes) > MAX_CLASSES:
+        if task == "classify" and t.kind == "numeric" and too_many_classes(len(classes), int(t.present().sum())):
             raise FeatxError(f"target {target!r} is numeric with {len(classes)} distinct values; a classifier "
                              "would learn each value as a class: use --task regress (or auto)")
         self.target, self.kind, self.task = target, t.kind, task

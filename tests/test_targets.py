@@ -144,18 +144,19 @@ def test_types_are_inferred_and_missing_values_leave_the_rows_out(tmp_path):
 
 def test_task_and_target_mistakes_are_one_line(tmp_path):
     path, _ = make(tmp_path, manifest(tmp_path, n=12,
-                                      extras=lambda idx: {"age": [str(i * 1.5) for i in idx]}))
+                                      extras=lambda idx: {"age": [str((i % 4) * 1.5) for i in idx]}))
     fs = FeatureStore.open(path)
     with pytest.raises(FeatxError, match="no target 'bmi'.*label, age"):
         fs.use("bmi")
     with pytest.raises(FeatxError, match="categorical.*regression needs a numeric target"):
         fs.use("label", "regress")
-    assert fs.use("age", "classify").classes[:3] == ["0", "1.5", "3"]  # few values: classes, sorted by value
+    assert fs.use("age").task == "regress"  # fractions: numeric
+    assert fs.use("age", "classify").classes == ["0", "1.5", "3", "4.5"]  # few values: classes, sorted by value
     big = manifest(tmp_path, n=80, extras=lambda idx: {"age": [str(i) for i in idx]})
     path2 = str(tmp_path / "big.zarr")
     create(path2, manifest=big, identity=IDENTITY, provenance={}, dim=DIM, digests=digests(big))
     with pytest.raises(FeatxError, match="80 distinct values.*--task regress"):
-        FeatureStore.open(path2, complete=False).use("age", "classify")
+        FeatureStore.open(path2, complete=False).use("age", "classify")  # one row per value
 
 
 def test_format_1_stores_read_as_one_target_set_and_upgrade_in_place(tmp_path):
