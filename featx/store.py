@@ -641,18 +641,6 @@ def _holder(fd: int) -> str:
 
 # --- reading ----------------------------------------------------------------------------------
 
-MAX_CLASSES = 50  # a classifier over a numeric target with more distinct values than this is refused
-TASKS = ("auto", "classify", "regress")
-
-
-def too_many_classes(k: int, n: int) -> bool:
-    """A numeric target is no set of classes when it has over MAX_CLASSES values, or over MAX_CODES
-    values with fewer than 5 rows each on average."""
-    from .targets import MAX_CODES
-
-    return k > MAX_CLASSES or (k > MAX_CODES and n < 5 * k)
-
-
 class FeatureStore(Geometry):
     """Read-only view of a finished featx store, through one target set and one target.
 
@@ -696,19 +684,10 @@ class FeatureStore(Geometry):
         return set_infos(self.group, self.attrs)
 
     def _use(self, target: str, task: str) -> None:
-        if task not in TASKS:
-            raise FeatxError(f"unknown --task {task!r}; use auto, classify or regress")
+        from .targets import resolve_task
+
         t = self.tset.target(target)
-        if task == "auto":
-            task = "regress" if t.kind == "numeric" else "classify"
-        classes = t.classes()
-        if task == "regress" and t.kind != "numeric":
-            raise FeatxError(f"target {target!r} is categorical ({len(classes)} classes: {', '.join(classes[:5])}"
-                             f"{', ...' if len(classes) > 5 else ''}); regression needs a numeric target "
-                             f"(declare it with `featx labels type STORE {target} numeric`)")
-        if task == "classify" and t.kind == "numeric" and too_many_classes(len(classes), int(t.present().sum())):
-            raise FeatxError(f"target {target!r} is numeric with {len(classes)} distinct values; a classifier "
-                             "would learn each value as a class: use --task regress (or auto)")
+        task, classes = resolve_task(t, task)
         self.target, self.kind, self.task = target, t.kind, task
         self.classes: list[str] = classes if task == "classify" else []
         self.root = Path(self.tset.root)

@@ -49,6 +49,36 @@ def infer_kind(name: str, values) -> str:
     return "numeric" if fractional or len(set(nums)) > MAX_CODES else "categorical"
 
 
+MAX_CLASSES = 50  # a classifier over a numeric target with more distinct values than this is refused
+TASKS = ("auto", "classify", "regress")
+
+
+def too_many_classes(k: int, n: int) -> bool:
+    """A numeric target is no set of classes when it has over MAX_CLASSES values, or over MAX_CODES
+    values with fewer than 5 rows each on average."""
+    return k > MAX_CLASSES or (k > MAX_CODES and n < 5 * k)
+
+
+def resolve_task(t: "Target", task: str) -> tuple[str, list[str]]:
+    """(classify | regress, class names) for learning target `t` under --task `task` (auto: numeric
+    targets regress); a regression of a categorical target, or a classifier over a numeric target with
+    too many values, is a one-line error saying why."""
+    if task not in TASKS:
+        raise FeatxError(f"unknown --task {task!r}; use auto, classify or regress")
+    if task == "auto":
+        task = "regress" if t.kind == "numeric" else "classify"
+    classes = t.classes()
+    if task == "regress" and t.kind != "numeric":
+        more = ", ..." if len(classes) > 5 else ""
+        raise FeatxError(f"target {t.name!r} is categorical ({len(classes)} classes: {', '.join(classes[:5])}{more}); "
+                         f"regression needs a numeric target (declare it with `featx labels type STORE {t.name} "
+                         "numeric`)")
+    if task == "classify" and t.kind == "numeric" and too_many_classes(len(classes), int(t.present().sum())):
+        raise FeatxError(f"target {t.name!r} is numeric with {len(classes)} distinct values; a classifier "
+                         "would learn each value as a class: use --task regress (or auto)")
+    return task, classes if task == "classify" else []
+
+
 def check_kind(kind: str, name: str) -> str:
     if kind not in KINDS:
         raise FeatxError(f"unknown type {kind!r} for target {name!r}; use categorical or numeric")
@@ -186,5 +216,5 @@ def multiset_match(store_keys: np.ndarray, keys: list[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["KINDS", "MAX_CODES", "MISSING", "Target", "TargetSet", "infer_kind", "is_missing", "multiset_match",
+__all__ = ["KINDS", "MAX_CODES", "MAX_CLASSES", "TASKS", "MISSING", "resolve_task", "too_many_classes", "Target", "TargetSet", "infer_kind", "is_missing", "multiset_match",
            "set_name", "check_kind"]
