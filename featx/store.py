@@ -537,8 +537,7 @@ def open_for_extract(store: StoreArg, identity: dict) -> StoreWriter | None:
 
 
 def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: tuple[int, ...],
-           rows_per_shard: int | None = None, rows_per_chunk: int | None = None, digests=None,
-           set_name: str | None = None) -> StoreWriter:
+           rows_per_shard: int | None = None, rows_per_chunk: int | None = None, digests=None) -> StoreWriter:
     """Create the group with its full provenance first, then the arrays and the manifest's target set,
     then mark it ready. One row per manifest row; `digests` (one per row) key the rows by content.
 
@@ -570,7 +569,7 @@ def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: 
     _strings(g, "paths", manifest.paths, n)
     if digests is not None:
         g["row_hash"][:] = np.asarray(digests, dtype=str)
-    ts = TargetSet.from_manifest(manifest, np.arange(n), set_name or name_of(manifest))
+    ts = TargetSet.from_manifest(manifest, np.arange(n), name_of(manifest))
     _write_set(g, "s0", ts)
     g.attrs.update({"target_sets": ["s0"], "current_set": "s0",
                     "featx": {**attrs["featx"], "state": "ready"}})

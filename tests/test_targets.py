@@ -51,8 +51,9 @@ IDENTITY = {"release": "vgg16.hed", "weights_sha256": "w" * 64, "tap": "pool5-ga
 
 def make(tmp_path, m: Manifest, shard=5) -> tuple[str, StoreWriter]:
     path = str(tmp_path / "s.zarr")
+    m.origin = "first.csv"  # names its target set
     w = create(path, manifest=m, identity=IDENTITY, provenance={"precision": "fp32"}, dim=DIM,
-               rows_per_shard=shard, digests=digests(m), set_name="first")
+               rows_per_shard=shard, digests=digests(m))
     fill(w)
     return path, w
 

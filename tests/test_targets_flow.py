@@ -184,3 +184,62 @@ def test_one_predict_and_one_evaluate_for_several_heads(store, csv_dataset, tiny
     assert out.count("logreg head on") == 2
     for name in ("gender", "mood"):
         assert json.loads((tmp_path / name / "report-f-test" / "metrics.json").read_text())["n"] > 0
+
+
+@pytest.fixture
+def ft_env(tmp_path, monkeypatch, csv_dataset):
+    """He-initialised tiny weights (colour survives to pool5) and photos whose `score` follows colour."""
+    from safetensors.torch import save_file
+
+    from test_finetune import signal_preserving_state_dict
+
+    monkeypatch.setenv("FEATX_HOME", str(tmp_path / "home"))
+    weights = tmp_path / "tiny-he.safetensors"
+    save_file(signal_preserving_state_dict(), str(weights))
+    data = write_csv(csv_dataset.parent / "scored.csv", "path,label,score,split",
+                     [f"img/{i:03d}.jpg,{['female', 'male'][i % 2]},{10 + 30 * (i % 2) + (i % 7) * 0.5},"
+                      f"{['train', 'train', 'train', 'val', 'test'][i % 5]}" for i in range(40)])
+    return data, weights
+
+
+FT = dict(epochs=2, batch_size=8, precision="fp32", workers=0, progress=False, block_rows=16, head_epochs=2)
+
+
+@pytest.mark.slow
+def test_fine_tune_regresses_a_numeric_target_and_shares_the_prefix_cache(ft_env, tmp_path):
+    from featx.finetune import fine_tune
+    from featx.heads import load_head
+
+    regression_heads()
+    data, weights = ft_env
+    lines = []
+    s = fine_tune(data, "vgg16.hed", tmp_path / "score", weights=weights, target="score", loss="l1",
+                  log=lines.append, **FT)
+    assert s["task"] == "regress" and s["val_mae"] < 15 and s["test"]["n"] > 0 and "mae" in s["test"]
+    assert any(" mae " in m for m in lines) and not any(" auc " in m for m in lines)
+    head, card = load_head(tmp_path / "score")
+    assert card["task"] == "regress" and card["target"] == "score" and head.task == "regress"
+    caches = list((tmp_path / "home" / "features").glob("prefix-*.zarr"))
+    assert len(caches) == 1 and s["prefix_seconds"] > 0
+    # the label of the same photos: the prefix cache is reused, nothing extracted again
+    g = fine_tune(data, "vgg16.hed", tmp_path / "gender", weights=weights, **FT)
+    assert g["task"] == "classify" and "test_accuracy" in g
+    assert list((tmp_path / "home" / "features").glob("prefix-*.zarr")) == caches
+    from featx.store import FeatureStore
+
+    runs = FeatureStore.open(caches[0]).attrs["runs"]
+    assert sum(r["rows"] for r in runs) == 40  # every photo computed once, for both targets
+
+
+def test_fine_tune_target_mistakes_cost_nothing(ft_env, tmp_path):
+    from featx.errors import FeatxError
+    from featx.finetune import fine_tune
+
+    data, weights = ft_env
+    with pytest.raises(FeatxError, match="no target 'bmi'.*label, score"):
+        fine_tune(data, "vgg16.hed", tmp_path / "x", weights=weights, target="bmi", **FT)
+    with pytest.raises(FeatxError, match="regression needs a numeric target"):
+        fine_tune(data, "vgg16.hed", tmp_path / "x", weights=weights, task="regress", **FT)
+    with pytest.raises(FeatxError, match="--balance is for classes"):
+        fine_tune(data, "vgg16.hed", tmp_path / "x", weights=weights, target="score", balance="weights", **FT)
+    assert not (tmp_path / "home" / "features").exists()  # refused before the prefix cache
