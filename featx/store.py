@@ -35,7 +35,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -476,11 +476,12 @@ def _write_set(g: zarr.Group, sid: str, ts) -> None:
 
 def read_set(g: zarr.Group, sid: str):
     """The TargetSet stored under targets/<sid>."""
-    from .targets import TargetSet
+    from .targets import LazyColumns, TargetSet
 
     t = g[f"targets/{sid}"]
     a = dict(t.attrs)
-    cols = {name: read_strings(t[f"columns/{j}"]) for j, (name, _) in enumerate(a["columns"])}
+    index = {name: j for j, (name, _) in enumerate(a["columns"])}
+    cols = LazyColumns(index, lambda name: read_strings(t[f"columns/{index[name]}"]))
     return TargetSet(name=a["name"], manifest_hash=a["manifest_hash"], root=a["root"],
                      rows=np.asarray(t["rows"][:], np.int64), paths=read_strings(t["paths"]),
                      split=read_strings(t["split"]), columns=cols, kinds={c: k for c, k in a["columns"]},
@@ -787,9 +788,13 @@ class FeatureStore(Geometry):
         return self._scatter(self.tset.groups, "") if self.tset.groups is not None else None
 
     @cached_property
-    def extras(self) -> dict[str, np.ndarray]:
-        """Every column of the target set but `label`, by store row ("" outside the set)."""
-        return {c: self._scatter(v, "") for c, v in self.tset.columns.items() if c != "label"}
+    def extras(self) -> Mapping[str, np.ndarray]:
+        """Every column of the target set but `label`, by store row ("" outside the set), each read
+        when first asked for."""
+        from .targets import LazyColumns
+
+        cols = self.tset.columns
+        return LazyColumns([c for c in cols if c != "label"], lambda c: self._scatter(cols[c], ""))
 
     def indices(self, split: str = "all") -> np.ndarray:
         """Rows of the target set that decoded fine and have a value for the current target, in

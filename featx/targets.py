@@ -14,6 +14,7 @@ Missing values: an empty cell, or na, n/a, nan, null, none (any case).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,26 @@ def check_kind(kind: str, name: str) -> str:
     return kind
 
 
+class LazyColumns(Mapping):
+    """name -> values, each loaded on first use: a store with 40 targets reads only the ones asked for."""
+
+    def __init__(self, names, load):
+        self._names, self._load, self._got = list(names), load, {}
+
+    def __getitem__(self, name: str):
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._got:
+            self._got[name] = self._load(name)
+        return self._got[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @dataclass
 class Target:
     """One typed column over the rows of a target set (raw strings kept; views computed)."""
@@ -148,7 +169,7 @@ class TargetSet:
     rows: np.ndarray  # int64 store row of each manifest row
     paths: np.ndarray  # str
     split: np.ndarray  # str: train | val | test
-    columns: dict[str, np.ndarray]  # name -> raw str values ("label" first)
+    columns: Mapping[str, np.ndarray]  # name -> raw str values ("label" first)
     kinds: dict[str, str]  # name -> categorical | numeric
     groups: np.ndarray | None = None
     source: str = "csv"
@@ -216,5 +237,5 @@ def multiset_match(store_keys: np.ndarray, keys: list[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["KINDS", "MAX_CODES", "MAX_CLASSES", "TASKS", "MISSING", "Target", "TargetSet", "check_kind", "infer_kind",
+__all__ = ["KINDS", "MAX_CODES", "MAX_CLASSES", "TASKS", "MISSING", "LazyColumns", "Target", "TargetSet", "check_kind", "infer_kind",
            "is_missing", "multiset_match", "resolve_task", "set_name", "too_many_classes"]

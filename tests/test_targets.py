@@ -297,3 +297,12 @@ def test_image_paths_follow_the_manifest_given_now(tmp_path):
     assert paths[0] == str(tmp_path / "a" / "img" / "00.jpg") and paths[got["rows"][7]] == str(tmp_path / "b/img/07.jpg")
     now = image_paths(w, b, got["rows"])
     assert now[0] == str(tmp_path / "b" / "img" / "00.jpg")
+
+
+def test_columns_are_read_only_when_asked_for(tmp_path):
+    many = lambda idx: {f"attr{k}": [["yes", "no"][(i + k) % 2] for i in idx] for k in range(40)}  # noqa: E731
+    path, _ = make(tmp_path, manifest(tmp_path, n=12, extras=many))
+    fs = FeatureStore.open(path)
+    assert set(fs.tset.columns._got) == {"label"}  # opening reads the label only
+    assert fs.use("attr7").classes == ["no", "yes"] and set(fs.tset.columns._got) == {"label", "attr7"}
+    assert fs.extras["attr3"][0] == "no" and len(fs.extras) == 40
