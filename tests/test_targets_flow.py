@@ -56,7 +56,7 @@ def test_another_manifest_over_the_same_photos_computes_nothing(store, csv_datas
     rc, out, err = run(capsys, "extract", "--backbone", "vgg16.hed", "--weights", tiny_weights, "--data",
                        moods(csv_dataset), "--store", store, "--workers", "0", "-q")
     assert rc == 0, err
-    assert len(out.strip().splitlines()) == 1 and "nothing to compute" in out and "all 40 images" in out, out
+    assert len(out.strip().splitlines()) == 1 and "nothing to do" in out and "all 40 images" in out, out
     fs = FeatureStore.open(store)
     assert fs.tset.name == "moods" and fs.classes == ["calm", "glad", "sad"] and fs.n == 40
     np.testing.assert_array_equal(fs.features(), feats)
@@ -243,3 +243,20 @@ def test_fine_tune_target_mistakes_cost_nothing(ft_env, tmp_path):
     with pytest.raises(FeatxError, match="--balance is for classes"):
         fine_tune(data, "vgg16.hed", tmp_path / "x", weights=weights, target="score", balance="weights", **FT)
     assert not (tmp_path / "home" / "features").exists()  # refused before the prefix cache
+
+
+def test_store_upgrade_turns_a_format_1_store_into_format_2(tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / "old.zarr"
+    shutil.copytree(Path(__file__).parent / "data" / "store_v1.zarr", path)
+    before = FeatureStore.open(path)
+    rc, out, _ = run(capsys, "store", "upgrade", path)
+    assert rc == 0 and "format 1 -> 2" in out
+    after = FeatureStore.open(path)
+    assert after.version == 2 and after.tset.name == before.tset.name and after.classes == before.classes
+    np.testing.assert_array_equal(after.features(), before.features())
+    np.testing.assert_array_equal(after.labels, before.labels)
+    assert run(capsys, "store", "verify", path)[0] == 0
+    rc, out, _ = run(capsys, "store", "upgrade", path)
+    assert rc == 0 and "nothing to do" in out
