@@ -43,6 +43,7 @@ def build() -> typer.Typer:
     store = typer.Typer(help="Check a feature store against its checksums; recompute bad shards.")
     store.command("verify")(store_cmd.verify)
     store.command("repair")(store_cmd.repair)
+    store.command("upgrade")(store_cmd.upgrade)
     app.add_typer(store, name="store")
     labels = typer.Typer(help="The targets of a feature store: list them, join new ones by path, retype one.")
     labels.command("list")(labels_cmd.list_)

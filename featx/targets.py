@@ -237,5 +237,5 @@ def multiset_match(store_keys: np.ndarray, keys: list[str]) -> np.ndarray:
     return out
 
 
-__all__ = ["KINDS", "MAX_CODES", "MAX_CLASSES", "TASKS", "MISSING", "LazyColumns", "Target", "TargetSet", "check_kind", "infer_kind",
-           "is_missing", "multiset_match", "resolve_task", "set_name", "too_many_classes"]
+__all__ = ["KINDS", "MAX_CODES", "MAX_CLASSES", "TASKS", "MISSING", "LazyColumns", "Target", "TargetSet",
+           "check_kind", "infer_kind", "is_missing", "multiset_match", "resolve_task", "set_name", "too_many_classes"]

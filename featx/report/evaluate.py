@@ -34,7 +34,28 @@ def parse_by(by) -> list[str]:
     return [b.strip() for b in by if b and b.strip()]
 
 
-def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None) -> dict:
+def head_view(card: dict, store, targets: str | None = None):
+    """The store seen through the head's target: in target set `targets`, else the set the head was
+    trained on when the store has it (by manifest hash), else the store's current set."""
+    from ..training import use_target
+
+    if targets is None and hasattr(store, "target_sets"):
+        want = card.get("provenance", {}).get("manifest_hash")
+        same = [s["id"] for s in store.target_sets() if s["manifest_hash"] == want]
+        if same and same[0] != store.set_id:
+            from ..store import FeatureStore
+
+            store = FeatureStore(store.group, store.name, same[0])
+    elif targets is not None and hasattr(store, "target_sets"):
+        from ..store import FeatureStore
+
+        store = FeatureStore(store.group, store.name, targets)
+    task = card.get("task", "classify")
+    return use_target(store, card.get("target", "label"), task)
+
+
+def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None,
+             targets: str | None = None) -> dict:
     """Score the head in `head_dir` on `split` of `store` ("all" = every usable row) and write the report.
 
     The store may come from another collection (another manifest) of the same release and tap.
@@ -46,11 +67,11 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
 
     head, card = load_head(head_dir)
     given = store if isinstance(store, (str, Path)) else None
-    store = open_store(store)
+    store = head_view(card, open_store(store), targets)
     check_compatible(card, dict(store.attrs))
     check_split(split)
     columns = parse_by(by)
-    extras = dict(store.extras)
+    extras = store.extras  # read column by column, as asked for
     for c in columns:
         if c not in extras:
             have = ", ".join(sorted(extras)) or "none"
@@ -58,6 +79,11 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     idx = store.indices(split)
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {split} rows")
+    if report_dir is None:
+        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+    if card.get("task") == "regress":
+        return evaluate_regression(head, card, store, idx, {c: extras[c] for c in columns},
+                                   (str(head_dir), split, str(getattr(store, "name", given)), report_dir))
 
     head_classes = list(card["classes"])
     store_classes = list(store.classes)
@@ -77,15 +103,37 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
         "split": split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
         "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
+        "target": card.get("target", "label"), "left_out": store.missing(split) if hasattr(store, "missing") else 0,
     }
-    if report_dir is None:
-        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
     from .html import EvalRun, enrich, write_page
 
     run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
     write_report(report_dir, metrics, y_true=y, proba=proba)
     write_page(report_dir, metrics, run)  # report.html, predictions.csv
+    metrics["context"]["report"] = str(report_dir)
+    return metrics
+
+
+def evaluate_regression(head, card: dict, store, idx, columns: dict, where: tuple) -> dict:
+    """A regressed target: predictions, MAE, RMSE, R², within 5 units (overall and per --by group)."""
+    from ..metrics import regression_metrics
+    from ..training import predict_rows
+
+    head_dir, split, name, report_dir = where
+    t0 = time.perf_counter()
+    rows, pred = predict_rows(head, store, idx)
+    seconds = time.perf_counter() - t0
+    y = np.asarray(store.values)[rows]
+    groups = {c: bucket_column(v[rows], c) for c, v in columns.items()}
+    metrics = regression_metrics(y, pred, groups)
+    metrics["context"] = {
+        "head": head_dir, "head_type": card["head"], "store": name, "split": split,
+        "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
+        "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
+        "target": card.get("target"), "left_out": store.missing(split), "predict_seconds": round(seconds, 4),
+    }
+    write_regression_report(report_dir, metrics, rows, y, pred, store)
     metrics["context"]["report"] = str(report_dir)
     return metrics
 
