@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import FeatxError
 from .metrics import REGRESSION_KEYS, regression_interval_block, regression_metrics
 from .report_html import CSS, GALLERY, PAGE, PREDICTIONS, esc, extra_group_columns, fmt, fmt_interval, img, \
     provenance, provenance_table, source_path
@@ -224,3 +225,74 @@ def regression_report(report_dir: str | Path, run: RegressionRun) -> dict:
     tmp.replace(out / PAGE)
     m["context"]["report"] = str(out)
     return m
+
+
+# ---------- evaluating a saved regression head on a store ----------
+
+def target_values(store, target: str) -> np.ndarray:
+    """float64 values of `target` per store row (NaN where missing): a typed numeric target when the store
+    has them, else the manifest column of that name."""
+    if hasattr(store, "use"):  # stores with typed targets
+        return np.asarray(store.use(target, "regress").values, np.float64)
+    extras = dict(getattr(store, "extras", {}) or {})
+    if target not in extras:
+        raise FeatxError(f"the store has no column {target!r} for this {target} head; columns: "
+                         f"{', '.join(sorted(extras)) or 'none'}")
+    out = np.full(len(extras[target]), np.nan)
+    for i, v in enumerate(extras[target]):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            pass
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def predict_values(head, store, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, predictions) for store rows `idx`, one stored chunk at a time (bounded memory); rows ascending."""
+    rows, preds = [], []
+    for r, X in store.iter_chunks(idx):
+        rows.append(np.asarray(r))
+        preds.append(head.predict(X))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(rows), np.concatenate(preds)
+
+
+@dataclass
+class RegressionEval:
+    """What `evaluate` hands over for a regression head: the head, its card, the store and the choices."""
+
+    head: Any
+    card: dict
+    head_dir: str
+    store: Any
+    split: str
+    columns: list[str]
+    store_name: str
+
+
+def evaluate_regression(e: RegressionEval, report_dir: str | Path) -> dict:
+    """Score a regression head on e.split of the store (rows without a value are left out, and counted)."""
+    import time
+
+    from .report import bucket_column
+
+    target = e.card.get("target") or "target"
+    values = target_values(e.store, target)
+    idx = e.store.indices(e.split)
+    idx = idx[np.isfinite(values[idx])]
+    if len(idx) == 0:
+        raise FeatxError(f"the store has no usable {e.split} rows with a value for {target!r}")
+    t0 = time.perf_counter()
+    rows, pred = predict_values(e.head, e.store, idx)
+    seconds = round(time.perf_counter() - t0, 4)
+    extras = dict(e.store.extras)
+    groups = {c: bucket_column(np.asarray(extras[c])[rows], c) for c in e.columns}
+    prov = e.card.get("provenance", {})
+    context = {"head": e.head_dir, "head_type": e.card["head"], "store": e.store_name, "split": e.split,
+               "release": prov.get("release"), "tap": prov.get("tap"), "target": target,
+               "missing_target": int(len(e.store.indices(e.split)) - len(idx)),
+               "same_manifest": prov.get("manifest_hash") == e.store.attrs.get("manifest_hash")}
+    run = RegressionRun(rows, values[rows], pred, e.store, e.card, target, groups, seconds, context)
+    return regression_report(report_dir, run)

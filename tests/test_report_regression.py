@@ -8,8 +8,10 @@ import json
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from featx.errors import FeatxError
 from featx.heads import make_head
 from featx.report_regression import RegressionRun, largest_errors, regression_report
 
@@ -74,3 +76,29 @@ def test_largest_errors_are_ordered_by_absolute_error(tmp_path):
     errs = np.abs(run.error)[picks]
     assert list(picks[:2]) == [19, 3] and np.all(np.diff(errs) <= 0)
     assert errs[-1] >= np.sort(np.abs(run.error))[-5]
+
+
+def test_evaluate_regression_scores_rows_with_a_value_and_counts_the_rest(tmp_path):
+    from test_heads import FakeStore
+
+    from featx.report_regression import RegressionEval, evaluate_regression, target_values
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(100, 5)).astype(np.float32)
+    age = np.clip(30 + 12 * X[:, 0], 1, 80).round()
+    ages = age.astype(str)
+    ages[[4, 9]] = ["", "n/a"]  # two test rows without a value
+    store = FakeStore(X, np.zeros(100, np.int64), ["a", "b"], extras={"age": ages, "race": rng.integers(0, 2, 100)})
+    tr = store.indices("train")
+    head = make_head("ridge").fit(X[tr], age[tr])
+    card = {"head": "ridge", "target": "age", "provenance": {"release": "vgg16.hed", "manifest_hash": "m1"}}
+    m = evaluate_regression(RegressionEval(head, card, "heads/age", store, "test", ["race"], "fake.zarr"),
+                            tmp_path / "rep")
+    test = store.indices("test")
+    keep = test[~np.isin(test, [4, 9])]
+    assert m["n"] == len(keep) and m["context"]["missing_target"] == 2
+    assert abs(m["mae"] - np.mean(np.abs(head.predict(X[keep]) - age[keep]))) < 1e-9
+    assert set(m["groups"]) == {"race", "true age band"} and store.calls["iter_chunks"] == 1
+    assert (tmp_path / "rep" / "report.html").is_file()
+    with pytest.raises(FeatxError, match="no column 'height'"):
+        target_values(store, "height")
