@@ -30,9 +30,10 @@ import numpy as np
 
 from featx.device import cpu_name
 from featx.errors import FeatxError
-from featx.heads import make_head, open_store, save_head
-from featx.metrics import compute_metrics, regression_interval_block, regression_metrics
-from featx.report import bucket_column
+from featx.heads import make_head, save_head
+from featx.metrics import bucket_column, compute_metrics, regression_interval_block, regression_metrics
+from featx.provenance import provenance
+from featx.training import open_store
 
 REGRESSORS = ("ridge", "rbf-ridge", "mlp-regress", "sgd-regress")
 RACES = ["White", "Black", "Asian", "Indian", "Others"]  # UTKFace's race codes 0-4
@@ -112,8 +113,6 @@ def fit_age(kind: str, d: Data, cols: int | None = None) -> tuple[object, float,
 
 def age_heads(d: Data, kinds, out: Path, store, res: dict) -> None:
     """Fit each kind on age, save it, score the test split; results.json is rewritten after each head."""
-    from featx.heads import provenance
-
     for kind in kinds:
         head, seconds, pred = fit_age(kind, d)
         save_head(head, out / "heads" / f"age-{kind}", {"target": "age", "provenance": provenance(store),

@@ -13,7 +13,7 @@ from PIL import Image
 
 from featx.errors import FeatxError
 from featx.heads import make_head
-from featx.report_regression import RegressionRun, largest_errors, regression_report
+from featx.report.regression import RegressionRun, largest_errors, regression_report
 
 
 class Store:
@@ -81,7 +81,7 @@ def test_largest_errors_are_ordered_by_absolute_error(tmp_path):
 def test_evaluate_regression_scores_rows_with_a_value_and_counts_the_rest(tmp_path):
     from test_heads import FakeStore
 
-    from featx.report_regression import RegressionEval, evaluate_regression, target_values
+    from featx.report.regression import RegressionEval, evaluate_regression, target_values
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(100, 5)).astype(np.float32)

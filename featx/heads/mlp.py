@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Head, class_weights, softmax
-from .registry import register_head
 
 HIDDEN_GRID = [[256], [512, 256]]
 
@@ -50,7 +49,6 @@ def layers_from_arrays(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
     return weights
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class MLPHead(Head):
     kind = "mlp"

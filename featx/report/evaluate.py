@@ -5,69 +5,25 @@ roc_auc, confusion (rows = true class, columns = predicted, in `classes` order),
 ({column: {bucket: metrics}}), plus classes, positive, per_class and context (head, store, split).
 Binary tasks score the positive class: the second of the sorted classes (e.g. "male" of female/male).
 With more than two classes precision, recall, F1, specificity and ROC AUC are macro averages.
-evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report_html.enrich)
-and writes report.html and predictions.csv beside metrics.json.
+evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report.html.enrich)
+and writes report.html and predictions.csv beside metrics.json. A regression head's card (task "regress")
+goes to featx.report.regression instead: metrics.json then holds task, target, n, mae, rmse, r2, within_5,
+bias, median_ae, groups, intervals, timing and provenance.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .metrics import compute_metrics  # noqa: F401  (featx.report.compute_metrics stays importable)
+from ..errors import FeatxError
+from ..metrics import bucket_column, compute_metrics
 
-AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
-UNKNOWN = "unknown"
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
-
-
-def _number(v: str) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def is_numeric(values) -> bool:
-    """True when every non-empty value parses as a number (and there is at least one)."""
-    vals = [str(v).strip() for v in values]
-    vals = [v for v in vals if v and v.lower() not in ("nan", "none", "na")]
-    return bool(vals) and all(_number(v) is not None for v in vals)
-
-
-def age_bucket(v) -> str:
-    x = _number(str(v).strip())
-    if x is None or x < 0:
-        return UNKNOWN
-    for lo, hi, name in AGE_BUCKETS:
-        if x < hi + 1:  # whole years: 12.5 is still 0-12
-            return name
-    return AGE_BUCKETS[-1][2]
-
-
-def bucket_column(values, name: str | None = None) -> np.ndarray:
-    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
-
-    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
-    """
-    values = np.asarray(values, dtype=str)
-    if is_numeric(values) and (name is None or "age" in name.lower()):
-        return np.asarray([age_bucket(v) for v in values], dtype=str)
-    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
-
-
-def ordered_buckets(labels: np.ndarray) -> list[str]:
-    present = set(labels.tolist())
-    age = [name for _, _, name in AGE_BUCKETS if name in present]
-    rest = sorted(present - set(age) - {UNKNOWN})
-    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
 
 
 # ---------- evaluation of a saved head on a store ----------
@@ -86,8 +42,10 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     The store may come from another collection (another manifest) of the same release and tap.
     Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
     """
-    from .data import check_split
-    from .heads import check_compatible, load_head, open_store, predict_rows, store_label
+    from ..data import check_split
+    from ..heads import check_compatible, load_head
+    from ..heads.card import card_task
+    from ..training import open_store, predict_rows, store_label
 
     head, card = load_head(head_dir)
     given = store if isinstance(store, (str, Path)) else None
@@ -100,10 +58,16 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         if c not in extras:
             have = ", ".join(sorted(extras)) or "none"
             raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+    if report_dir is None:
+        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+    if card_task(card) == "regress":
+        from .regression import RegressionEval, evaluate_regression
+
+        name = str(getattr(store, "name", given))
+        return evaluate_regression(RegressionEval(head, card, str(head_dir), store, split, columns, name), report_dir)
     idx = store.indices(split)
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {split} rows")
-
     head_classes = list(card["classes"])
     store_classes = list(store.classes)
     missing = sorted(set(store_classes) - set(head_classes))
@@ -123,9 +87,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         "split": split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
         "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
     }
-    if report_dir is None:
-        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
-    from .report_html import EvalRun, enrich, write_page
+    from .html import EvalRun, enrich, write_page
 
     run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
@@ -148,13 +110,19 @@ def _fmt(x, pct: bool = False) -> str:
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
 
 
+REGRESSION_SUMMARY = ("mae", "rmse", "r2", "within_5", "bias")
+
+
 def summary_table(metrics: dict, max_rows: int = 40) -> str:
-    """A compact plain-text table: overall metrics, then one row per group bucket."""
-    cols = ["n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
-    rows = [["all"] + [_fmt(metrics["n"])] + [_fmt(metrics[k]) for k in SUMMARY_KEYS]]
+    """A compact plain-text table: overall metrics, then one row per group bucket (a regression head's
+    report: MAE, RMSE, R², within 5, bias)."""
+    regress = metrics.get("task") == "regress"
+    keys = REGRESSION_SUMMARY if regress else SUMMARY_KEYS
+    cols = ["n", *keys] if regress else ["n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
+    rows = [["all"] + [_fmt(metrics["n"])] + [_fmt(metrics[k]) for k in keys]]
     for col, buckets in metrics.get("groups", {}).items():
         for b, g in buckets.items():
-            rows.append([f"{col}={b}"] + [_fmt(g["n"])] + [_fmt(g[k]) for k in SUMMARY_KEYS])
+            rows.append([f"{col}={b}"] + [_fmt(g["n"])] + [_fmt(g[k]) for k in keys])
     rows = rows[:max_rows]
     header = ["group"] + cols
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -205,7 +173,7 @@ def write_report(report_dir: str | Path, metrics: dict, y_true=None, proba=None)
     import matplotlib
 
     matplotlib.use("Agg")
-    from .heads import to_json
+    from ..heads.card import to_json
 
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)

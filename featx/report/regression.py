@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FeatxError
-from .metrics import REGRESSION_KEYS, regression_interval_block, regression_metrics
-from .report_html import CSS, GALLERY, PAGE, PREDICTIONS, esc, extra_group_columns, fmt, fmt_interval, img, \
-    provenance, provenance_table, source_path
+from ..errors import FeatxError
+from ..heads.card import to_json
+from ..metrics import REGRESSION_KEYS, bucket_column, regression_interval_block, regression_metrics
+from .html import (CSS, GALLERY, PAGE, PREDICTIONS, esc, extra_group_columns, fmt, fmt_interval, img,
+                   provenance_table, run_provenance, source_path)
+from .plots import _plt, png_bytes, thumbnail
 
 TARGET_BAND = "true {target} band"  # the group column made from the target itself, for age-like targets
 
@@ -46,8 +48,6 @@ class RegressionRun:
 
 def target_groups(run: RegressionRun) -> dict[str, np.ndarray]:
     """The --by columns, plus bands of the true value when the target is an age (0-12, 13-19, ...)."""
-    from .report import bucket_column
-
     groups = dict(run.groups)
     if "age" in run.target.lower():
         groups[TARGET_BAND.format(target=run.target)] = bucket_column(run.y.astype(str), "age")
@@ -64,7 +64,7 @@ def regression_metrics_json(run: RegressionRun) -> dict:
     m["timing"] = {"predict_seconds": run.predict_seconds, "predict_rows": int(len(run.rows)),
                    "fit_seconds": run.card.get("training", {}).get("fit_seconds")}
     m["context"] = dict(run.context)
-    m["provenance"] = provenance(m, run)
+    m["provenance"] = run_provenance(m, run)
     return m
 
 
@@ -72,8 +72,6 @@ def regression_metrics_json(run: RegressionRun) -> dict:
 
 def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target: str) -> bytes:
     """Scatter of predicted against true (the diagonal is a perfect head), and the error against true."""
-    from .report_plots import _plt, png_bytes
-
     plt = _plt()
     fig, (ax, res) = plt.subplots(1, 2, figsize=(10, 4.4))
     lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
@@ -93,8 +91,6 @@ def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target: str) -> bytes:
 
 def error_bars(col: str, buckets: dict, intervals: dict) -> bytes:
     """MAE per bucket with its 95% interval as an error bar; n under each bar."""
-    from .report_plots import _plt, png_bytes
-
     plt = _plt()
     names = list(buckets)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.4))
@@ -146,8 +142,6 @@ def largest_errors(run: RegressionRun, n: int = GALLERY) -> np.ndarray:
 
 
 def gallery_card(run: RegressionRun, i: int, columns: dict[str, np.ndarray]) -> str:
-    from .report_plots import thumbnail
-
     paths = getattr(run.store, "paths", None)
     path = str(paths[run.rows[i]]) if paths is not None else ""
     thumb = thumbnail(source_path(run.store, path)) if path else None
@@ -212,8 +206,6 @@ def write_predictions(path: Path, run: RegressionRun) -> Path:
 
 def regression_report(report_dir: str | Path, run: RegressionRun) -> dict:
     """Write metrics.json, report.md, predictions.csv and report.html to report_dir; returns the metrics."""
-    from .heads import to_json
-
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
     m = regression_metrics_json(run)
@@ -276,23 +268,22 @@ def evaluate_regression(e: RegressionEval, report_dir: str | Path) -> dict:
     """Score a regression head on e.split of the store (rows without a value are left out, and counted)."""
     import time
 
-    from .report import bucket_column
-
     target = e.card.get("target") or "target"
-    values = target_values(e.store, target)
-    idx = e.store.indices(e.split)
+    store = e.store.use(target, "regress") if hasattr(e.store, "use") else e.store  # typed targets: this one
+    values = target_values(store, target)
+    idx = store.indices(e.split)
     idx = idx[np.isfinite(values[idx])]
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {e.split} rows with a value for {target!r}")
     t0 = time.perf_counter()
-    rows, pred = predict_values(e.head, e.store, idx)
+    rows, pred = predict_values(e.head, store, idx)
     seconds = round(time.perf_counter() - t0, 4)
-    extras = dict(e.store.extras)
+    extras = dict(store.extras)
     groups = {c: bucket_column(np.asarray(extras[c])[rows], c) for c in e.columns}
     prov = e.card.get("provenance", {})
     context = {"head": e.head_dir, "head_type": e.card["head"], "store": e.store_name, "split": e.split,
                "release": prov.get("release"), "tap": prov.get("tap"), "target": target,
-               "missing_target": int(len(e.store.indices(e.split)) - len(idx)),
-               "same_manifest": prov.get("manifest_hash") == e.store.attrs.get("manifest_hash")}
-    run = RegressionRun(rows, values[rows], pred, e.store, e.card, target, groups, seconds, context)
+               "missing_target": int(len(store.indices(e.split)) - len(idx)),
+               "same_manifest": prov.get("manifest_hash") == store.attrs.get("manifest_hash")}
+    run = RegressionRun(rows, values[rows], pred, store, e.card, target, groups, seconds, context)
     return regression_report(report_dir, run)
