@@ -101,35 +101,15 @@ def evaluate(
                                           "was trained on, when the store has it; else the current one)."),
 ) -> None:
     """Score saved heads on a feature store; write report.html, metrics.json, predictions.csv, report.md and plots."""
-    from featx.report import evaluate as run
+    from featx.report import evaluate as run, summary_table
 
     for h in head:
         rep = report / h.name if report is not None and len(head) > 1 else report
         metrics = run(h, store, split=split, by=by, report_dir=rep, targets=targets)
         ctx = metrics["context"]
         print(f"{ctx['head_type']} head on {ctx['store']} [{split}], target {ctx.get('target', 'label')}")
-        print(summary_of(metrics))
+        print(summary_table(metrics))
         print(f"report: {ctx['report']}/report.html, metrics.json, predictions.csv, report.md, *.png")
-
-
-def summary_of(metrics: dict) -> str:
-    """The printed table: classification metrics, or MAE, RMSE, R² and within 5 units for regression."""
-    from featx.report import summary_table
-
-    if "mae" not in metrics:
-        return summary_table(metrics)
-    keys = ("n", "mae", "rmse", "r2", "within_5")
-    rows = [["all"] + [_cell(metrics.get(k)) for k in keys]]
-    for col, buckets in metrics.get("groups", {}).items():
-        rows += [[f"{col}={b}"] + [_cell(g.get(k)) for k in keys] for b, g in buckets.items()]
-    header = ["group", *keys]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in [header] + rows)
-
-
-def _cell(x) -> str:
-    return str(x) if isinstance(x, int) else _fmt(x)
 
 
 def predict(
