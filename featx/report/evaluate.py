@@ -36,6 +36,13 @@ def parse_by(by) -> list[str]:
     return [b.strip() for b in by if b and b.strip()]
 
 
+def check_by(columns: list[str], extras) -> None:
+    for c in columns:
+        if c not in extras:
+            have = ", ".join(sorted(extras)) or "none"
+            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+
+
 def head_set(card: dict, store, targets: str | None = None):
     """The store through target set `targets`, else the set the head was trained on when the store has
     it (by manifest hash), else the store's current set."""
@@ -74,10 +81,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     check_split(split)
     columns = parse_by(by)
     extras = store.extras  # read column by column, as asked for
-    for c in columns:
-        if c not in extras:
-            have = ", ".join(sorted(extras)) or "none"
-            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+    check_by(columns, extras)
     if report_dir is None:
         report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
     if card_task(card) == "regress":
