@@ -48,13 +48,17 @@ def evaluate(
                               help="Feature store of the same release and tap (any collection)."),
     split: str = typer.Option("test", "--split", help="test | val | train | all"),
     by: Optional[str] = typer.Option(None, "--by", help="Manifest columns for per-group metrics, e.g. age,race."),
+    bins: Optional[list[str]] = typer.Option(None, "--bins",
+                                             help="COLUMN=E1,E2,...: bucket a numeric column into [E1, E2), ... "
+                                                  "(repeatable). Default: ages (a numeric column named age) in "
+                                                  "0-12, 13-19, 20-39, 40-59, 60+; other columns by value."),
     report: Optional[Path] = typer.Option(None, "--report", callback=checks.out_dir,
                                           help="Report folder (default <head>/report-<store>-<split>)."),
 ) -> None:
     """Score a saved head on a feature store; write report.html, metrics.json, predictions.csv, report.md and plots."""
     from featx.report import evaluate as run, summary_table
 
-    metrics = run(head, store, split=split, by=by, report_dir=report)
+    metrics = run(head, store, split=split, by=by, report_dir=report, bins=bins)
     ctx = metrics["context"]
     print(f"{ctx['head_type']} head on {ctx['store']} [{split}]")
     print(summary_table(metrics))

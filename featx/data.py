@@ -43,6 +43,19 @@ UTK_NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.")
 UTK_GENDER = {"0": "male", "1": "female"}
 
 
+YEARS_COLUMNS = ("age",)  # a numeric extra column of this name holds ages in whole years (UTKFace's, a CSV's)
+
+
+def column_types(extras: dict) -> dict[str, str]:
+    """The declared type of each extra column: "years" for a numeric column named in YEARS_COLUMNS,
+    "number" for other numeric columns (codes such as UTKFace's race 0-4), "text" for the rest.
+    Stores record it; `featx evaluate` groups "years" columns into age bands, the others by value."""
+    from .metrics import is_numeric
+
+    return {name: ("years" if name.lower() in YEARS_COLUMNS else "number") if is_numeric(values) else "text"
+            for name, values in extras.items()}
+
+
 def check_split(split: str) -> str:
     """The one split check: train, val, test, or all (every row)."""
     if split not in (*SPLITS, "all"):

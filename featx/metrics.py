@@ -10,7 +10,9 @@ macro averages over the classes present), so an interval always describes the nu
 
 from __future__ import annotations
 
+import bisect
 import math
+import re
 
 import numpy as np
 
@@ -18,8 +20,10 @@ from .errors import FeatxError
 
 # ---------- group buckets ----------
 
-AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
+AGE_BINS = (0, 13, 20, 40, 60)  # whole years: 0-12, 13-19, 20-39, 40-59, 60+
+BINS_BY_TYPE = {"years": AGE_BINS}  # a column's declared type -> its bins when none are given
 UNKNOWN = "unknown"
+_INTERVAL = re.compile(r"^(-?\d+(?:\.\d+)?)(?:-(?:-?\d+(?:\.\d+)?)|\+)$")
 
 
 def _number(v: str) -> float | None:
@@ -37,32 +41,55 @@ def is_numeric(values) -> bool:
     return bool(vals) and all(_number(v) is not None for v in vals)
 
 
-def age_bucket(v) -> str:
-    x = _number(str(v).strip())
-    if x is None or x < 0:
-        return UNKNOWN
-    for lo, hi, name in AGE_BUCKETS:
-        if x < hi + 1:  # whole years: 12.5 is still 0-12
-            return name
-    return AGE_BUCKETS[-1][2]
+def _edge(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def bucket_column(values, name: str | None = None) -> np.ndarray:
-    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
+def bin_labels(edges) -> list[str]:
+    """Names of the intervals [a, b) between increasing edges, the last one open (60+): a-(b-1) when every
+    edge is a whole number (0-12, 13-19: 12.5 years is still 0-12), else a-b."""
+    whole = all(float(e).is_integer() for e in edges)
+    out = [f"{_edge(a)}-{_edge(b - 1) if whole else _edge(b)}" for a, b in zip(edges[:-1], edges[1:])]
+    return out + [f"{_edge(edges[-1])}+"]
 
-    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
-    """
+
+def check_bins(edges) -> tuple[float, ...]:
+    edges = tuple(float(e) for e in edges)
+    if not edges or any(not math.isfinite(e) for e in edges) or list(edges) != sorted(set(edges)):
+        raise FeatxError(f"bins must be increasing numbers, not {', '.join(map(_edge, edges)) or 'none'}")
+    return edges
+
+
+def bucket_column(values, bins=None) -> np.ndarray:
+    """Group labels for a column: with `bins` (increasing edges), each number goes into its interval
+    [edge, next edge) (not a number, or below the first edge: unknown); without, each value is its own
+    group (empty: unknown). Which columns get bins is the caller's choice (`bins_for`)."""
     values = np.asarray(values, dtype=str)
-    if is_numeric(values) and (name is None or "age" in name.lower()):
-        return np.asarray([age_bucket(v) for v in values], dtype=str)
-    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+    if bins is None:
+        return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+    edges = check_bins(bins)
+    xs = [_number(v.strip()) for v in values]
+    names = bin_labels(edges)
+    out = [UNKNOWN if x is None or x < edges[0] else names[bisect.bisect_right(edges, x) - 1] for x in xs]
+    return np.asarray(out, dtype=str)
+
+
+def bins_for(column: str, declared: str | None, given: dict | None = None):
+    """The bins a group column is split by: given ones (--bins), else its declared type's, else None."""
+    if given and column in given:
+        return given[column]
+    return BINS_BY_TYPE.get(declared or "")
 
 
 def ordered_buckets(labels: np.ndarray) -> list[str]:
-    present = set(labels.tolist())
-    age = [name for _, _, name in AGE_BUCKETS if name in present]
-    rest = sorted(present - set(age) - {UNKNOWN})
-    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
+    """Group order: intervals by their lower bound when every group is one, else sorted; unknown last."""
+    present = set(labels.tolist()) - {UNKNOWN}
+    lows = {b: _INTERVAL.match(b) for b in present}
+    if present and all(lows.values()):
+        groups = sorted(present, key=lambda b: float(lows[b].group(1)))
+    else:
+        groups = sorted(present)
+    return groups + ([UNKNOWN] if UNKNOWN in set(labels.tolist()) else [])
 
 
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")

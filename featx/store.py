@@ -303,6 +303,8 @@ def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: 
 
     `manifest` is a featx.data.Manifest; `identity` has IDENTITY_KEYS.
     """
+    from .data import column_types
+
     n = len(manifest)
     if n == 0:
         raise FeatxError("the dataset has no images")
@@ -316,6 +318,7 @@ def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: 
         **provenance,
         **{k: identity[k] for k in IDENTITY_KEYS},
         "n": n, "dim": list(dim), "classes": list(manifest.classes), "extras": list(extras),
+        "column_types": column_types(extras),
         "rows_per_chunk": chunk, "rows_per_shard": shard, "n_shards": math.ceil(n / shard),
         "manifest_root": Path(manifest.root).resolve().as_posix(),  # a hint: runs read from the --data given
         "manifest_source": getattr(manifest, "source", None),
@@ -477,6 +480,13 @@ class FeatureStore:
     @cached_property
     def extras(self) -> dict[str, np.ndarray]:
         return {name: self._strings(f"extras/{k}") for k, name in enumerate(self.attrs.get("extras", []))}
+
+    @cached_property
+    def column_types(self) -> dict[str, str]:
+        """The declared type of each extra column (stores made before 0.2: by the same rule, read now)."""
+        from .data import column_types
+
+        return self.attrs.get("column_types") or column_types(self.extras)
 
     def indices(self, split: str = "all") -> np.ndarray:
         """Rows that decoded fine, in `split` ("train", "val", "test") or "all"."""

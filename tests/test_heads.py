@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from featx.data import column_types
 from featx.errors import FeatxError
 from featx.heads import HEADS, check_compatible, load_head, make_head, read_card, save_head
 from featx.training import train
@@ -44,6 +45,7 @@ class FakeStore:
         self.ok = np.ones(n, bool)
         self.paths = np.asarray([f"img/{i:04d}.jpg" for i in range(n)])
         self.extras = {k: np.asarray(v, dtype=str) for k, v in (extras or {}).items()}
+        self.column_types = column_types(self.extras)
         self.has_flip = X_flip is not None
         self.release, self.tap, self.name, self.chunk = release, tap, name, chunk
         self.forbid_features = forbid_features

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatxError
+from ..metrics import bins_for, bucket_column, ordered_buckets
 from .config import FineTuneConfig, RunOptions, split_options
 
 def prefix_store_for(manifest, release_name: str, weights_sha: str, tap: str, mirror: bool) -> Path:
@@ -67,7 +68,7 @@ def build_parts(store, base: tuple, cfg: FineTuneConfig, run: RunOptions, device
     train_idx = store.indices("train")
     sample = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, min(len(train_idx), 256), replace=False))
     torch.manual_seed(cfg.seed)
-    net = TuneNet(model, stages, cfg.head, len(store.classes), cfg.hidden, cfg.dropout,
+    net = TuneNet(model, stages, cfg.top, len(store.classes), cfg.hidden, cfg.dropout,
                   torch.from_numpy(store.features(sample)))
     net = net.to(device).to(memory_format=torch.channels_last)
     aug = parse_augment(cfg.augment)
@@ -81,18 +82,20 @@ def build_parts(store, base: tuple, cfg: FineTuneConfig, run: RunOptions, device
 
 
 def split_scores(loop, net, evals, store, rows) -> dict:
-    """accuracy and AUC on `rows`, and accuracy by age group when the data has an age column."""
+    """accuracy and AUC on `rows`, and accuracy per group of the columns with bins by their declared type
+    (ages: 0-12, 13-19, ...; featx.metrics.BINS_BY_TYPE). Cuts such as adults/children belong to the caller."""
     if len(rows) == 0:
         return {}
     r = loop.evaluate(net, evals, rows)
     out = {"accuracy": r["accuracy"], "auc": r["auc"], "n": int(len(rows))}
-    age = store.extras.get("age")
-    if age is not None:
-        a = np.array([float(v) if str(v).strip() not in ("", "nan") else np.nan for v in age[r["rows"]]])
-        right = r["proba"].argmax(1) == loop.labels[r["rows"]]
-        for name, m in (("adults", a >= 13), ("children", a < 13)):
-            if m.any():
-                out[f"accuracy_{name}"], out[f"n_{name}"] = float(right[m].mean()), int(m.sum())
+    right = r["proba"].argmax(1) == loop.labels[r["rows"]]
+    for col, kind in store.column_types.items():
+        bins = bins_for(col, kind)
+        if bins is not None:
+            labels = bucket_column(store.extras[col][r["rows"]], bins)
+            out.setdefault("groups", {})[col] = {
+                b: {"n": int((labels == b).sum()), "accuracy": float(right[labels == b].mean())}
+                for b in ordered_buckets(labels)}
     return out
 
 
@@ -107,7 +110,8 @@ def already_done(out: Path, identity: dict, log) -> dict | None:
     if not (out / "release.json").is_file():
         return None
     done = json.loads((out / "release.json").read_text())
-    if done.get("lineage", {}).get("config") == identity:
+    before_top = {("head" if k == "top" else k): v for k, v in identity.items()}  # recorded by featx 0.1
+    if done.get("lineage", {}).get("config") in (identity, before_top):
         log(f"{out} is already fine-tuned with these settings; nothing to do")
         return done["lineage"]["summary"]
     raise FeatxError(f"{out} holds a model fine-tuned with other settings; use another --out")

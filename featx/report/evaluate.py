@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
-from ..metrics import bucket_column, compute_metrics
+from ..metrics import bins_for, bucket_column, check_bins, compute_metrics
 
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
@@ -34,10 +34,46 @@ def parse_by(by) -> list[str]:
     return [b.strip() for b in by if b and b.strip()]
 
 
-def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None) -> dict:
+def parse_bins(bins) -> dict[str, tuple[float, ...]]:
+    """{column: edges} from a dict, or from strings "COLUMN=E1,E2,..." (--bins, repeatable)."""
+    if not bins:
+        return {}
+    if isinstance(bins, str):
+        bins = [bins]
+    pairs = bins.items() if isinstance(bins, dict) else [str(b).partition("=")[::2] for b in bins]
+    out = {}
+    for col, edges in pairs:
+        if isinstance(edges, str):
+            try:
+                edges = [float(e) for e in edges.split(",") if e.strip()]
+            except ValueError:
+                raise FeatxError(f"--bins {col}={edges}: edges must be numbers, e.g. age=0,13,20,40,60") from None
+        if not str(col).strip():
+            raise FeatxError("--bins needs COLUMN=EDGES, e.g. age=0,13,20,40,60")
+        out[str(col).strip()] = check_bins(edges)
+    return out
+
+
+def group_bins(store, columns: list[str], bins) -> tuple[dict, dict]:
+    """({--by column: its bins or None}, {column: bins given}), checked against the store's columns.
+    Bins given for a column win over its declared type's (featx.data.column_types)."""
+    extras, given = dict(store.extras), parse_bins(bins)
+    for opt, names in (("--by", columns), ("--bins", given)):
+        for c in names:
+            if c not in extras:
+                have = ", ".join(sorted(extras)) or "none"
+                raise FeatxError(f"the store has no column {c!r} for {opt}; columns: {have}")
+    types = store.column_types
+    return {c: bins_for(c, types.get(c), given) for c in columns}, given
+
+
+def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None,
+             bins=None) -> dict:
     """Score the head in `head_dir` on `split` of `store` ("all" = every usable row) and write the report.
 
     The store may come from another collection (another manifest) of the same release and tap.
+    `by`: group columns; `bins`: {column: edges} (or "COLUMN=E1,E2,..." strings) to bucket a numeric
+    column by, else its declared type decides (ages: 0-12, 13-19, 20-39, 40-59, 60+; others by value).
     Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
     """
     from ..data import check_split
@@ -49,12 +85,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     store = open_store(store)
     check_compatible(card, dict(store.attrs))
     check_split(split)
-    columns = parse_by(by)
-    extras = dict(store.extras)
-    for c in columns:
-        if c not in extras:
-            have = ", ".join(sorted(extras)) or "none"
-            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+    by_bins, bins = group_bins(store, parse_by(by), bins)
     idx = store.indices(split)
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {split} rows")
@@ -71,7 +102,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     rows, proba = predict_rows(head, store, idx)
     predict_seconds = time.perf_counter() - t0
     y = to_head[np.asarray(store.labels)[rows]]
-    groups = {c: bucket_column(extras[c][rows], c) for c in columns}
+    groups = {c: bucket_column(store.extras[c][rows], b) for c, b in by_bins.items()}
     metrics = compute_metrics(y, proba, head_classes, groups)
     metrics["context"] = {
         "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
@@ -82,7 +113,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
     from .html import EvalRun, enrich, write_page
 
-    run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
+    run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4), bins)
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
     write_report(report_dir, metrics, y_true=y, proba=proba)
     write_page(report_dir, metrics, run)  # report.html, predictions.csv

@@ -20,7 +20,8 @@ import numpy as np
 from .. import __version__
 from ..provenance import provenance
 from . import plots
-from ..metrics import INTERVAL_KEYS, bucket_column, calibration, compute_metrics, interval_block
+from ..data import column_types
+from ..metrics import INTERVAL_KEYS, bins_for, bucket_column, calibration, compute_metrics, interval_block
 
 MAX_BUCKETS = 20  # an extra column with more distinct values is not a group column
 MAX_EXTRA = 8  # group columns shown beyond --by (name more with --by)
@@ -42,6 +43,7 @@ class EvalRun:
     card: dict
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # the --by columns, bucketed
     predict_seconds: float | None = None
+    bins: dict[str, tuple[float, ...]] = field(default_factory=dict)  # --bins: {column: edges}
 
     @property
     def pred(self) -> np.ndarray:
@@ -62,10 +64,12 @@ def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
     """Group columns the store has beyond --by: the first MAX_EXTRA extras with 2 to MAX_BUCKETS buckets,
     and identity counts when the store has identities."""
     out = {}
-    for col, values in dict(getattr(run.store, "extras", {}) or {}).items():
+    extras = dict(getattr(run.store, "extras", {}) or {})
+    types = getattr(run.store, "column_types", None) or column_types(extras)
+    for col, values in extras.items():
         if col in run.groups or len(out) >= MAX_EXTRA:
             continue
-        labels = bucket_column(np.asarray(values)[run.rows], col)
+        labels = bucket_column(np.asarray(values)[run.rows], bins_for(col, types.get(col), run.bins))
         if 1 < len(set(labels.tolist())) <= MAX_BUCKETS:
             out[col] = labels
     ids = getattr(run.store, "groups", None)
