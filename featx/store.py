@@ -39,7 +39,7 @@ import zarr
 from .errors import FeatxError
 
 FORMAT = "featx-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 (featx 0.2): a sha256 per shard, a digest per row's image file; 1 opens too, without them
 # Two stores are the same extraction only when all of these agree.
 IDENTITY_KEYS = ("manifest_hash", "release", "weights_sha256", "tap", "preprocess", "dtype", "flip")
 CHUNK_BYTES = 1 << 20  # at least about 1 MB a chunk
@@ -87,9 +87,22 @@ def _open_group(store: StoreArg, mode: str) -> zarr.Group | None:
         raise FeatxError(f"store {store_name(store)} is damaged: {' '.join(str(e).split())[:200]}") from None
 
 
-def _is_featx(group: zarr.Group) -> bool:
+def _is_featx(group: zarr.Group, name: str) -> bool:
+    """A featx store of a format this featx reads (a newer one is refused in one line)."""
     meta = group.attrs.get("featx")
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT):
+        return False
+    version = meta.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FeatxError(f"{name} is a featx store of format {version}; this featx "
+                         f"{_featx_version()} reads formats 1 to {FORMAT_VERSION}: upgrade featx")
+    return True
+
+
+def _featx_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _occupied(store: StoreArg) -> bool:
@@ -172,7 +185,7 @@ class StoreWriter:
     @classmethod
     def open(cls, store: StoreArg) -> "StoreWriter":
         group = _open_group(store, "r+")
-        if group is None or not _is_featx(group):
+        if group is None or not _is_featx(group, store_name(store)):
             raise FeatxError(f"{store_name(store)} is not a featx store")
         if group.attrs["featx"].get("state") != "ready":
             raise FeatxError(f"store {store_name(store)} was never fully created; rerun featx extract")
@@ -289,7 +302,7 @@ def open_for_extract(store: StoreArg, identity: dict) -> StoreWriter | None:
         if _occupied(store):
             raise FeatxError(f"{name} exists and is not a featx store; choose another --store")
         return None
-    if not _is_featx(group):
+    if not _is_featx(group, name):
         raise FeatxError(f"{name} exists and is not a featx store; choose another --store")
     check_identity(dict(group.attrs), identity, name)
     if group.attrs["featx"].get("state") != "ready":
@@ -434,7 +447,7 @@ class FeatureStore:
         group = _open_group(store, "r")
         if group is None:
             raise FeatxError(f"no feature store at {name}; run `featx extract` first")
-        if not _is_featx(group):
+        if not _is_featx(group, name):
             raise FeatxError(f"{name} is not a featx store")
         if group.attrs["featx"].get("state") != "ready":
             raise FeatxError(f"store {name} is unfinished; rerun the same `featx extract` to complete it")
@@ -609,7 +622,7 @@ def verify(store: StoreArg) -> list[dict]:
 def _open_for_verify(store: StoreArg) -> FeatureStore:
     name = store_name(store)
     group = _open_group(store, "r")
-    if group is None or not _is_featx(group):
+    if group is None or not _is_featx(group, name):
         raise FeatxError(f"no featx store at {name}")
     try:
         return FeatureStore(group, name)

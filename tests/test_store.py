@@ -8,8 +8,8 @@ import zarr
 
 from featx.data import Manifest
 from featx.errors import FeatxError
-from featx.store import (CHUNK_BYTES, IDENTITY_KEYS, FeatureStore, StoreWriter, create, layout,
-                         open_for_extract, plan_units)
+from featx.store import (CHUNK_BYTES, FORMAT_VERSION, IDENTITY_KEYS, FeatureStore, StoreWriter, create, layout,
+                         open_for_extract, plan_units, verify)
 
 N, DIM = 30, (6,)
 
@@ -151,6 +151,28 @@ def test_feature_store_reading_api(tmp_path):
     assert fs.dask_array(flip=True).shape == (N, 6)
     with pytest.raises(IndexError):
         fs.features([N])
+
+
+def test_format_1_stores_still_open_and_read_and_newer_ones_are_refused(tmp_path):
+    """Format 1: a store made before featx 0.2, without shard checksums, row digests or column types."""
+    path, w = make(tmp_path, rows_per_shard=8)
+    fill(w, bad={3})
+    assert FeatureStore.open(path).checked and FORMAT_VERSION == 2
+    g = zarr.open_group(path, mode="r+")
+    del g["checksums"], g["row_hash"], g.attrs["column_types"]
+    meta = dict(g.attrs["featx"])
+    g.attrs["featx"] = {**meta, "version": 1}
+    fs = FeatureStore.open(path)
+    assert not fs.checked and fs.column_types == {"age": "years", "odd name/with slash": "text"}
+    np.testing.assert_array_equal(fs.features(fs.indices("train")), rows(0, N)[fs.indices("train")])
+    assert 3 not in fs.indices("all") and verify(path) == []  # nothing to check it against
+    w = StoreWriter.open(path)
+    assert w.is_complete() and w.row_hashes() is None and open_for_extract(path, identity()) is not None
+    g.attrs["featx"] = {**meta, "version": FORMAT_VERSION + 1}
+    newer = f"format {FORMAT_VERSION + 1}; this featx .* reads formats 1 to {FORMAT_VERSION}: upgrade featx"
+    for opener in (FeatureStore.open, StoreWriter.open, verify, lambda p: open_for_extract(p, identity())):
+        with pytest.raises(FeatxError, match=newer):
+            opener(path)
 
 
 def test_store_without_flip_says_so(tmp_path):
