@@ -31,7 +31,7 @@ import numpy as np
 from featx.device import cpu_name
 from featx.errors import FeatxError
 from featx.heads import make_head, save_head
-from featx.metrics import bucket_column, compute_metrics, regression_interval_block, regression_metrics
+from featx.metrics import AGE_BINS, bucket_column, compute_metrics, regression_interval_block, regression_metrics
 from featx.provenance import provenance
 from featx.training import open_store
 
@@ -88,7 +88,7 @@ def open_partial(path: str):
 
 def age_groups(age: np.ndarray) -> dict[str, np.ndarray]:
     return {"children": np.where(age < CHILD, "children (<13)", "adults (>=13)"),
-            "age band": bucket_column(age.astype(str), "age")}
+            "age band": bucket_column(age.astype(str), AGE_BINS)}
 
 
 def age_row(name: str, y: np.ndarray, pred: np.ndarray, extra: dict) -> dict:

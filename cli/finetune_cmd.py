@@ -26,8 +26,10 @@ def fine_tune(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     warmup: float = typer.Option(1.0, "--warmup", help="Epochs of linear warmup before the cosine decay."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
-    head: str = typer.Option("mlp", "--head", help="mlp (flatten -> hidden -> classes, dropout), "
-                                                   "linear (flatten -> classes) or gap (GAP -> classes)."),
+    top: str = typer.Option("mlp", "--top", "--head",
+                            help="What sits on the trained stages: mlp (flatten -> hidden -> classes, dropout), "
+                                 "linear (flatten -> classes) or gap (GAP -> classes). --head is its older name "
+                                 "(not train-head's --head, which picks an estimator)."),
     hidden: int = typer.Option(256, "--hidden", min=1, help="Hidden units of the mlp head."),
     dropout: float = typer.Option(0.5, "--dropout", min=0.0, max=1.0),
     augment: str = typer.Option("none", "--augment",
@@ -61,7 +63,7 @@ def fine_tune(
 
     s = run(data, backbone, out, unfreeze=unfreeze, from_tap=from_tap, lr=lr, layer_decay=layer_decay,
             head_lr=head_lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, warmup=warmup,
-            label_smoothing=label_smoothing, head=head, hidden=hidden, dropout=dropout, augment=augment,
+            label_smoothing=label_smoothing, top=top, hidden=hidden, dropout=dropout, augment=augment,
             shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, target=target,
             task=task, loss=loss, weights=weights,
             cache=cache, name=name, device=device, precision=precision, workers=workers, progress=not quiet)
@@ -70,6 +72,4 @@ def fine_tune(
     key = "mae" if s.get("task") == "regress" else "accuracy"
     typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{alone}; val {key} {s[f'val_{key}']:.4f}"
                + (f"; test {key} {t[key]:.4f} ({t['n']} images)" if t else "")
-               + "".join(f"; {g} {t[f'{key}_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
-                         if f"{key}_{g}" in t)
                + f"; {s['wall_seconds']:.0f}s; use it with --backbone {out} or --head {out}")

@@ -94,6 +94,11 @@ def evaluate(
                               help="Feature store of the same release and tap (any collection)."),
     split: str = typer.Option("test", "--split", help="test | val | train | all"),
     by: Optional[str] = typer.Option(None, "--by", help="Manifest columns for per-group metrics, e.g. age,race."),
+    bins: Optional[list[str]] = typer.Option(None, "--bins",
+                                             help="COLUMN=E1,E2,...: bucket a numeric column into [E1, E2), ... "
+                                                  "(repeatable). Default by the column's type: a numeric age in "
+                                                  "0-12, 13-19, 20-39, 40-59, 60+, other numbers in quintiles, "
+                                                  "categorical columns by value."),
     report: Optional[Path] = typer.Option(None, "--report", callback=checks.out_dir,
                                           help="Report folder (default <head>/report-<store>-<split>; with several "
                                                "heads, one subfolder per head)."),
@@ -105,7 +110,7 @@ def evaluate(
 
     for h in head:
         rep = report / h.name if report is not None and len(head) > 1 else report
-        metrics = run(h, store, split=split, by=by, report_dir=rep, targets=targets)
+        metrics = run(h, store, split=split, by=by, report_dir=rep, targets=targets, bins=bins)
         ctx = metrics["context"]
         print(f"{ctx['head_type']} head on {ctx['store']} [{split}], target {ctx.get('target', 'label')}")
         print(summary_table(metrics))

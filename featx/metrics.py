@@ -12,7 +12,9 @@ macro averages over the classes present), so an interval always describes the nu
 
 from __future__ import annotations
 
+import bisect
 import math
+import re
 
 import numpy as np
 
@@ -20,8 +22,11 @@ from .errors import FeatxError
 
 # ---------- group buckets ----------
 
-AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
+AGE_BINS = (0, 13, 20, 40, 60)  # whole years: 0-12, 13-19, 20-39, 40-59, 60+
+AGE_COLUMNS = ("age",)  # a numeric column of this name (any case) holds ages in whole years
+QUANTILES = 5  # other numeric columns: five groups of about equal size
 UNKNOWN = "unknown"
+_INTERVAL = re.compile(r"^(-?\d+(?:\.\d+)?)(?:-(?:-?\d+(?:\.\d+)?)|\+)$")
 
 
 def _number(v: str) -> float | None:
@@ -32,39 +37,80 @@ def _number(v: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def is_numeric(values) -> bool:
-    """True when every non-empty value parses as a number (and there is at least one)."""
-    vals = [str(v).strip() for v in values]
-    vals = [v for v in vals if v and v.lower() not in ("nan", "none", "na")]
-    return bool(vals) and all(_number(v) is not None for v in vals)
+def _edge(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def age_bucket(v) -> str:
-    x = _number(str(v).strip())
-    if x is None or x < 0:
-        return UNKNOWN
-    for lo, hi, name in AGE_BUCKETS:
-        if x < hi + 1:  # whole years: 12.5 is still 0-12
-            return name
-    return AGE_BUCKETS[-1][2]
+def bin_labels(edges) -> list[str]:
+    """Names of the intervals [a, b) between increasing edges, the last one open (60+): a-(b-1) when every
+    edge is a whole number (0-12, 13-19: 12.5 years is still 0-12), else a-b."""
+    whole = all(float(e).is_integer() for e in edges)
+    out = [f"{_edge(a)}-{_edge(b - 1) if whole else _edge(b)}" for a, b in zip(edges[:-1], edges[1:])]
+    return out + [f"{_edge(edges[-1])}+"]
 
 
-def bucket_column(values, name: str | None = None) -> np.ndarray:
-    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
+def check_bins(edges) -> tuple[float, ...]:
+    edges = tuple(float(e) for e in edges)
+    if not edges or any(not math.isfinite(e) for e in edges) or list(edges) != sorted(set(edges)):
+        raise FeatxError(f"bins must be increasing numbers, not {', '.join(map(_edge, edges)) or 'none'}")
+    return edges
 
-    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
-    """
+
+def bucket_column(values, bins=None) -> np.ndarray:
+    """Group labels for a column: with `bins` (increasing edges), each number goes into its interval
+    [edge, next edge) (not a number, or below the first edge: unknown); without, each value is its own
+    group (empty: unknown). Which columns get bins is the caller's choice (`bins_for`)."""
     values = np.asarray(values, dtype=str)
-    if is_numeric(values) and (name is None or "age" in name.lower()):
-        return np.asarray([age_bucket(v) for v in values], dtype=str)
-    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+    if bins is None:
+        return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+    edges = check_bins(bins)
+    xs = [_number(v.strip()) for v in values]
+    names = bin_labels(edges)
+    out = [UNKNOWN if x is None or x < edges[0] else names[bisect.bisect_right(edges, x) - 1] for x in xs]
+    return np.asarray(out, dtype=str)
+
+
+def bins_for(column: str, kind: str | None, values=None, given: dict | None = None):
+    """The edges a group column is bucketed by, or None (each value its own group). Bins given (--bins)
+    win; else the column's type (featx.targets: categorical or numeric) decides: categorical by value,
+    numeric by age bands when it is an age (AGE_COLUMNS), else by quintiles of `values`."""
+    if given and column in given:
+        return given[column]
+    if kind != "numeric":
+        return None
+    if column.lower() in AGE_COLUMNS:
+        return AGE_BINS
+    return quantile_edges(values) if values is not None else None
+
+
+def group_labels(columns: dict, kinds: dict, given: dict | None = None) -> dict[str, np.ndarray]:
+    """{column: group label per row} for the values of the rows scored, each bucketed by `bins_for`
+    (its bins given, else its type's: kinds = {column: categorical | numeric})."""
+    return {c: bucket_column(v, bins_for(c, kinds.get(c), v, given)) for c, v in columns.items()}
+
+
+def quantile_edges(values, k: int = QUANTILES) -> tuple[float, ...] | None:
+    """Edges splitting the numbers in `values` into k groups of about equal size (whole numbers stay whole,
+    others are rounded to 3 significant digits); None when there are fewer than two distinct numbers."""
+    xs = np.asarray([x for x in (_number(str(v).strip()) for v in values) if x is not None])
+    if np.unique(xs).size < 2:
+        return None
+    q = np.quantile(xs, np.arange(k) / k)
+    whole = bool(np.all(xs == np.round(xs)))
+    edges = np.round(q) if whole else np.asarray([float(f"{e:.3g}") for e in q])
+    edges[0] = min(edges[0], xs.min())
+    return check_bins(np.unique(edges))
 
 
 def ordered_buckets(labels: np.ndarray) -> list[str]:
-    present = set(labels.tolist())
-    age = [name for _, _, name in AGE_BUCKETS if name in present]
-    rest = sorted(present - set(age) - {UNKNOWN})
-    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
+    """Group order: intervals by their lower bound when every group is one, else sorted; unknown last."""
+    present = set(labels.tolist()) - {UNKNOWN}
+    lows = {b: _INTERVAL.match(b) for b in present}
+    if present and all(lows.values()):
+        groups = sorted(present, key=lambda b: float(lows[b].group(1)))
+    else:
+        groups = sorted(present)
+    return groups + ([UNKNOWN] if UNKNOWN in set(labels.tolist()) else [])
 
 
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")

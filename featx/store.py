@@ -46,7 +46,10 @@ import zarr
 from .errors import FeatxError
 
 FORMAT = "featx-store"
-FORMAT_VERSION = 2  # 2: rows keyed by image content, target sets; 1: one manifest per store
+# 2 (featx 0.2): rows keyed by image content, target sets, a sha256 per shard and a digest per row's image.
+# 1 (before 0.2): one manifest per store, labels in root arrays, checksums and digests only in its last
+# months; it still opens and reads, and `upgrade` makes it format 2. A newer format is refused in one line.
+FORMAT_VERSION = 2
 # Two stores hold the same features only when all of these agree (format 1 also had the manifest hash).
 IDENTITY_KEYS = ("release", "weights_sha256", "tap", "preprocess", "dtype", "flip")
 CHUNK_BYTES = 1 << 20  # at least about 1 MB a chunk
@@ -94,9 +97,27 @@ def _open_group(store: StoreArg, mode: str) -> zarr.Group | None:
         raise FeatxError(f"store {store_name(store)} is damaged: {' '.join(str(e).split())[:200]}") from None
 
 
-def _is_featx(group: zarr.Group) -> bool:
+def _is_featx(group: zarr.Group, name: str) -> bool:
+    """A featx store of a format this featx reads (a newer one is refused in one line)."""
     meta = group.attrs.get("featx")
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT):
+        return False
+    _readable(meta.get("version", 1), name)
+    return True
+
+
+def _readable(version, name: str) -> int:
+    """The format `version` of store `name`, or a one-line error when this featx cannot read it."""
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise FeatxError(f"{name} is a featx store of format {version}; this featx "
+                         f"{_featx_version()} reads formats 1 to {FORMAT_VERSION}: upgrade featx")
+    return version
+
+
+def _featx_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _occupied(store: StoreArg) -> bool:
@@ -210,7 +231,7 @@ class StoreWriter(Geometry):
     @classmethod
     def open(cls, store: StoreArg) -> "StoreWriter":
         group = _open_group(store, "r+")
-        if group is None or not _is_featx(group):
+        if group is None or not _is_featx(group, store_name(store)):
             raise FeatxError(f"{store_name(store)} is not a featx store")
         if group.attrs["featx"].get("state") != "ready":
             raise FeatxError(f"store {store_name(store)} was never fully created; rerun featx extract")
@@ -529,7 +550,7 @@ def open_for_extract(store: StoreArg, identity: dict) -> StoreWriter | None:
         if _occupied(store):
             raise FeatxError(f"{name} exists and is not a featx store; choose another --store")
         return None
-    if not _is_featx(group):
+    if not _is_featx(group, name):
         raise FeatxError(f"{name} exists and is not a featx store; choose another --store")
     check_identity(dict(group.attrs), identity, name)
     if group.attrs["featx"].get("state") != "ready":
@@ -653,9 +674,7 @@ class FeatureStore(Geometry):
         self.group, self.name = group, name
         self.attrs: dict = dict(group.attrs)
         self._geometry(self.attrs)
-        self.version = int(self.attrs["featx"].get("version", 1))
-        if self.version > FORMAT_VERSION:
-            raise FeatxError(f"store {name} has format {self.version}; this featx reads up to {FORMAT_VERSION}")
+        self.version = _readable(self.attrs["featx"].get("version", 1), name)
         self.release: str = self.attrs["release"]
         self.tap: str = self.attrs["tap"]
         self.dim: tuple[int, ...] = tuple(self.attrs["dim"])
@@ -716,7 +735,7 @@ class FeatureStore(Geometry):
         group = _open_group(store, "r")
         if group is None:
             raise FeatxError(f"no feature store at {name}; run `featx extract` first")
-        if not _is_featx(group):
+        if not _is_featx(group, name):
             raise FeatxError(f"{name} is not a featx store")
         if group.attrs["featx"].get("state") != "ready":
             raise FeatxError(f"store {name} is unfinished; rerun the same `featx extract` to complete it")
@@ -795,6 +814,12 @@ class FeatureStore(Geometry):
 
         cols = self.tset.columns
         return LazyColumns([c for c in cols if c != "label"], lambda c: self._scatter(cols[c], ""))
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """The type of each column of the target set (`label` included): categorical or numeric
+        (featx.targets); it decides how a group column is bucketed (featx.metrics.bins_for)."""
+        return dict(self.tset.kinds)
 
     def indices(self, split: str = "all") -> np.ndarray:
         """Rows of the target set that decoded fine and have a value for the current target, in
@@ -927,7 +952,7 @@ def verify(store: StoreArg) -> list[dict]:
 def _open_for_verify(store: StoreArg) -> FeatureStore:
     name = store_name(store)
     group = _open_group(store, "r")
-    if group is None or not _is_featx(group):
+    if group is None or not _is_featx(group, name):
         raise FeatxError(f"no featx store at {name}")
     try:
         return FeatureStore(group, name)

@@ -5,9 +5,11 @@ Features are keyed by image content (featx.store); labels are not. A store holds
 manifest extracted into it (or joined with `featx labels add`), each mapping its rows to store rows.
 
 Types: `label` is always categorical. Any other column is numeric when every value present parses as
-a finite number and either some value is not a whole number or there are more than MAX_CODES distinct
-values; otherwise categorical (UTKFace: `age` numeric, `race` 0-4 categorical, CelebA attributes
-categorical). A declared type (`featx labels add --numeric/--categorical`, or a loader's own) wins.
+a finite number and either some value is not a whole number, or there are more than MAX_CODES distinct
+values, or it is an age (named as in featx.metrics.AGE_COLUMNS); otherwise categorical (UTKFace: `age`
+numeric, `race` 0-4 categorical, CelebA attributes categorical). A declared type (`featx labels add
+--numeric/--categorical`, `featx labels type`, or a loader's own) wins. The type decides what a head
+learns (classify or regress) and how a report groups rows by the column (featx.metrics.bins_for).
 Missing values: an empty cell, or na, n/a, nan, null, none (any case).
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FeatxError
+from .metrics import AGE_COLUMNS
 
 KINDS = ("categorical", "numeric")
 MAX_CODES = 10  # whole-number columns with at most this many distinct values are codes (race 0-4)
@@ -47,7 +50,8 @@ def infer_kind(name: str, values) -> str:
     if not present or any(x is None for x in nums):
         return "categorical"
     fractional = any(x != int(x) for x in nums)
-    return "numeric" if fractional or len(set(nums)) > MAX_CODES else "categorical"
+    many = len(set(nums)) > MAX_CODES or name.lower() in AGE_COLUMNS
+    return "numeric" if fractional or many else "categorical"
 
 
 MAX_CLASSES = 50  # a classifier over a numeric target with more distinct values than this is refused

@@ -69,6 +69,11 @@ def test_train_head_and_evaluate(tmp_path, stores, capsys):
                  "--report", str(tmp_path / "rep")])
     assert code == 0 and json.loads((tmp_path / "rep" / "metrics.json").read_text())["n"] == 40
 
+    code = main(["evaluate", "--head", str(tmp_path / "h"), "--store", "s.zarr", "--by", "age", "--bins", "age=0,18,65",
+                 "--report", str(tmp_path / "bins")])
+    assert code == 0 and list(json.loads((tmp_path / "bins" / "metrics.json").read_text())["groups"]["age"]) == \
+        ["0-17", "18-64", "65+"]
+
 
 def test_user_errors_are_one_line_exit_2(tmp_path, stores, capsys):
     stores["s.zarr"] = fake_store()

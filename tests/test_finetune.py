@@ -267,8 +267,27 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(env, tmp_path, capsys):
     assert "--from-tap" in capsys.readouterr().err
     assert main(base + ["--from-tap", "pool2"]) == 2
     assert "pool4 or pool3" in capsys.readouterr().err
-    assert main(base + ["--balance", "x"]) == 2 and main(base + ["--head", "x"]) == 2
+    assert main(base + ["--balance", "x"]) == 2
+    capsys.readouterr()
+    assert main(base + ["--top", "x"]) == 2 and "--top 'x' is not supported; use mlp, linear, gap" in capsys.readouterr().err
+    assert main(base + ["--head", "x"]) == 2 and "--top 'x'" in capsys.readouterr().err  # --head: the older name
     assert not (tmp_path / "x").exists()
+
+
+def test_top_names_what_sits_on_the_stages_and_head_is_its_older_name(tmp_path):
+    from featx.finetune.config import split_options
+    from featx.finetune.pipeline import already_done
+
+    assert split_options({"head": "gap"})[0].top == "gap" and split_options({"top": "linear"})[0].top == "linear"
+    with pytest.raises(TypeError, match="not both"):
+        split_options({"top": "gap", "head": "mlp"})
+    # a model folder finished by featx 0.1 recorded the recipe under "head": rerunning it is still a no-op
+    old = {"backbone": "b", "head": "mlp", "lr": 1e-5}
+    (tmp_path / "release.json").write_text(json.dumps({"lineage": {"config": old, "summary": {"best_epoch": 3}}}))
+    now = {"backbone": "b", "top": "mlp", "lr": 1e-5}
+    assert already_done(tmp_path, now, log=lambda m: None) == {"best_epoch": 3}
+    with pytest.raises(FeatxError, match="other settings"):
+        already_done(tmp_path, {**now, "top": "gap"}, log=lambda m: None)
 
 
 def pool4_store(env, path, rows_per_chunk: int) -> FeatureStore:
@@ -279,6 +298,35 @@ def pool4_store(env, path, rows_per_chunk: int) -> FeatureStore:
     extract(data, "vgg16.hed", path, tap="pool4", weights=weights, precision="fp32", workers=0, progress=False,
             rows_per_chunk=rows_per_chunk)
     return FeatureStore.open(path)
+
+
+def test_test_scores_per_age_band_with_no_cut_of_the_library_s_own_accuracy_or_mae():
+    from types import SimpleNamespace
+
+    from featx.finetune.pipeline import split_scores
+
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    proba = np.array([[.9, .1], [.2, .8], [.3, .7], [.6, .4], [.8, .2], [.1, .9]])  # rows 2 and 3 wrong
+    loop = SimpleNamespace(labels=labels, regress=False, evaluate=lambda net, evals, r: {
+        "accuracy": 4 / 6, "auc": 0.5, "rows": r, "proba": proba[r]})
+    store = SimpleNamespace(extras={"age": np.array(["5", "12", "13", "30", "70", ""]), "race": np.zeros(6, str)},
+                            kinds={"label": "categorical", "age": "numeric", "race": "categorical"})
+    out = split_scores(loop, None, None, store, np.arange(6))
+    assert out["groups"] == {"age": {"0-12": {"n": 2, "accuracy": 1.0}, "13-19": {"n": 1, "accuracy": 0.0},
+                                     "20-39": {"n": 1, "accuracy": 0.0}, "60+": {"n": 1, "accuracy": 1.0},
+                                     "unknown": {"n": 1, "accuracy": 1.0}}}
+    assert set(out) == {"accuracy", "auc", "n", "groups"}
+    # a regressed age: MAE overall and per age band, in years (the net learns (y - 30) / 10)
+    ages = np.array([5.0, 12, 13, 30, 70, 40])
+    pred = ages + np.array([1, -3, 0, 2, -10, 4])
+    loop = SimpleNamespace(labels=(ages - 30) / 10, regress=True, scale=(30.0, 10.0), evaluate=lambda net, evals, r: {
+        "mae": 10 / 3, "rmse": 4.83, "rows": r, "pred": pred[r]})
+    store.extras["age"] = ages.astype(str)
+    out = split_scores(loop, None, None, store, np.arange(6))
+    assert set(out) == {"mae", "rmse", "n", "groups"} and "accuracy" not in str(out)
+    assert out["groups"] == {"age": {"0-12": {"n": 2, "mae": 2.0}, "13-19": {"n": 1, "mae": 0.0},
+                                     "20-39": {"n": 1, "mae": 2.0}, "40-59": {"n": 1, "mae": 4.0},
+                                     "60+": {"n": 1, "mae": 10.0}}}
 
 
 def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):

@@ -13,6 +13,7 @@ from featx.heads import HEADS, check_compatible, load_head, make_head, read_card
 from featx.training import train
 from featx.heads.base import fit_platt
 from featx.heads.registry import get_head_class
+from featx.targets import infer_kind
 
 CLASSIFIERS = [k for k in HEADS if get_head_class(k).task == "classify"]  # regressors: tests/test_regression.py
 
@@ -47,6 +48,7 @@ class FakeStore:
         self.ok = np.ones(n, bool)
         self.paths = np.asarray([f"img/{i:04d}.jpg" for i in range(n)])
         self.extras = {k: np.asarray(v, dtype=str) for k, v in (extras or {}).items()}
+        self.kinds = {k: infer_kind(k, v) for k, v in self.extras.items()}  # as a target set types them
         self.has_flip = X_flip is not None
         self.release, self.tap, self.name, self.chunk = release, tap, name, chunk
         self.forbid_features = forbid_features

@@ -131,3 +131,15 @@ def test_size_check_counts_lines_and_parameters(tmp_path):
                                       "def wide(self, a, b, c, d, e, f, g, h, i):\n    pass\n"
                                       "def ok(self, a, b, c, d, e, f, g, h):\n    pass\n"})
     assert too_big(root) == ["featx/m.py:1 long: 61 lines", "featx/m.py:63 wide: 9 parameters"]
+
+
+def test_metadata_names_every_base_and_one_version():
+    import tomllib
+
+    import featx
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    assert project["version"] == featx.__version__
+    for base in ("VGG16", "VGGFace", "dlib.resnet", "facenet.casia"):
+        assert base in project["description"] and base in featx.__doc__, base
+    assert f"## {featx.__version__}\n" in (ROOT.parent / "CHANGELOG.md").read_text()

@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 
 from featx.errors import FeatxError
 from featx.training import train
-from featx.metrics import bucket_column, compute_metrics
+from featx.metrics import AGE_BINS, bucket_column, compute_metrics
 from featx.report import REQUIRED_KEYS, evaluate, write_report
 
 from test_heads import FakeStore, fake_store, separable
@@ -76,14 +76,14 @@ def test_undefined_metrics_are_none_not_nan():
 
 def test_age_and_string_buckets():
     ages = ["0", "12", "13", "19", "20", "39", "40", "59", "60", "101", ""]
-    assert bucket_column(ages).tolist() == ["0-12", "0-12", "13-19", "13-19", "20-39", "20-39", "40-59", "40-59",
+    assert bucket_column(ages, AGE_BINS).tolist() == ["0-12", "0-12", "13-19", "13-19", "20-39", "20-39", "40-59", "40-59",
                                             "60+", "60+", "unknown"]
     assert bucket_column(["asian", "white", "", "asian"]).tolist() == ["asian", "white", "unknown", "asian"]
 
 
 def test_group_metrics_by_age_bucket():
     y, _, proba = hand_example()
-    ages = bucket_column(["5", "8", "30", "30", "6", "7", "9", "33", "45", "70"])
+    ages = bucket_column(["5", "8", "30", "30", "6", "7", "9", "33", "45", "70"], AGE_BINS)
     m = compute_metrics(y, proba, ["female", "male"], groups={"age": ages})
     g = m["groups"]["age"]
     assert list(g) == ["0-12", "20-39", "40-59", "60+"]
@@ -100,7 +100,7 @@ def test_group_metrics_by_age_bucket():
 
 def test_write_report_files(tmp_path):
     y, _, proba = hand_example()
-    m = compute_metrics(y, proba, ["female", "male"], groups={"age": bucket_column(["5"] * 5 + ["30"] * 5)})
+    m = compute_metrics(y, proba, ["female", "male"], groups={"age": bucket_column(["5"] * 5 + ["30"] * 5, AGE_BINS)})
     files = write_report(tmp_path / "r", m, y_true=y, proba=proba)
     data = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert set(REQUIRED_KEYS) <= set(data)
@@ -140,6 +140,33 @@ def test_evaluate_writes_the_report_in_the_default_folder(tmp_path):
     kids = te[store.extras["age"][te] == "8"]
     assert data["groups"]["age"]["0-12"]["accuracy"] == pytest.approx((head.predict(store.X[kids]) ==
                                                                        store.labels[kids]).mean())
+
+
+def test_group_columns_are_bucketed_by_their_type_or_bins_not_by_name(tmp_path):
+    X, y = separable(200, 16, 2, 0)
+    n = np.arange(200)
+    extras = {"age": np.where(n % 2 == 0, "8", "35"), "stage": (n % 3).astype(str), "image": (n % 2 + 7).astype(str),
+              "percentage": np.where(n % 4 == 0, "15", "85"), "bmi": np.char.mod("%.1f", 18 + (n % 50) * 0.3)}
+    store = FakeStore(X, y, ["female", "male"], extras=extras)
+    assert store.kinds == {"age": "numeric", "stage": "categorical", "image": "categorical", "percentage": "categorical",
+                           "bmi": "numeric"}
+    train(store, "logreg", tmp_path / "h")
+    g = evaluate(tmp_path / "h", store, by="age,stage,image,percentage,bmi")["groups"]
+    assert list(g["age"]) == ["0-12", "20-39"]  # a numeric age: age bands
+    assert list(g["stage"]) == ["0", "1", "2"] and list(g["image"]) == ["7", "8"]  # categorical codes: by value
+    assert list(g["percentage"]) == ["15", "85"]
+    # another numeric column: quintiles of the 40 test rows (10 values, 4 rows each)
+    assert [b["n"] for b in g["bmi"].values()] == [8] * 5 and list(g["bmi"]) == ["19.2-21.9", "21.9-24.6", "24.6-27.3", "27.3-30", "30+"]
+    g = evaluate(tmp_path / "h", store, by="percentage,age", bins={"percentage": (0, 50)})["groups"]
+    assert list(g["percentage"]) == ["0-49", "50+"] and list(g["age"]) == ["0-12", "20-39"]
+    g = evaluate(tmp_path / "h", store, by="age", bins=["age=0,18"])["groups"]  # given bins win over the type's
+    assert list(g["age"]) == ["0-17", "18+"]
+    with pytest.raises(FeatxError, match="no column 'weight' for --bins"):
+        evaluate(tmp_path / "h", store, by="age", bins=["weight=50,80"])
+    with pytest.raises(FeatxError, match="increasing"):
+        evaluate(tmp_path / "h", store, by="age", bins=["age=20,10"])
+    with pytest.raises(FeatxError, match="must be numbers"):
+        evaluate(tmp_path / "h", store, by="age", bins=["age=a,b"])
 
 
 def test_evaluate_on_another_collection_and_split_all(tmp_path):

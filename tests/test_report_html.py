@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from featx.training import train
-from featx.metrics import INTERVAL_KEYS, bootstrap_intervals, calibration, weighted_metrics
-from featx.metrics import bucket_column, compute_metrics
+from featx.metrics import (INTERVAL_KEYS, bins_for, bootstrap_intervals, bucket_column, calibration, compute_metrics,
+                           weighted_metrics)
 from featx.report import REQUIRED_KEYS, evaluate
+from featx.targets import infer_kind
 
 from conftest import make_image
 from test_heads import FakeStore, separable
@@ -229,10 +230,18 @@ def test_predictions_csv_matches_the_metrics(report):
     assert data["timing"]["predict_seconds"] >= 0 and data["timing"]["fit_seconds"] > 0
 
 
-def test_numeric_codes_are_not_age_bands_when_named():
-    assert bucket_column(["0", "1", "4"], "race").tolist() == ["0", "1", "4"]
-    assert bucket_column(["3", "45"], "age").tolist() == ["0-12", "40-59"]
-    assert bucket_column(["3", "45"]).tolist() == ["0-12", "40-59"]
+def test_numeric_codes_are_not_age_bands():
+    cols = {"race": ["0", "1", "4"], "age": ["3", "45"], "Age": ["7"], "name": ["a", "3"], "stage": ["1", "2"]}
+    types = {c: infer_kind(c, v) for c, v in cols.items()}
+    assert types == {"race": "categorical", "age": "numeric", "Age": "numeric", "name": "categorical",
+                     "stage": "categorical"}
+    assert bucket_column(["0", "1", "4"], bins_for("race", types["race"])).tolist() == ["0", "1", "4"]
+    assert bucket_column(["3", "45"], bins_for("age", types["age"])).tolist() == ["0-12", "40-59"]
+    assert bins_for("stage", "numeric") is None and bins_for("age", "categorical") is None  # the type decides
+    assert bins_for("age", "categorical", given={"age": (0, 18)}) == (0, 18)  # bins given win
+    assert bucket_column(["3", "45"]).tolist() == ["3", "45"]
+    assert bucket_column(["12.5", "-1", "x"], (0, 13)).tolist() == ["0-12", "unknown", "unknown"]
+    assert bucket_column(["17", "20", "27.5", "31"], (18.5, 25, 30)).tolist() == ["unknown", "18.5-25", "25-30", "30+"]
 
 
 def test_cli_report_on_a_real_store_of_photos(csv_dataset, tiny_weights, tmp_path, capsys):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
 
 from featx.data import Manifest
 from featx.errors import FeatxError
-from featx.store import (CHUNK_BYTES, IDENTITY_KEYS, FeatureStore, StoreWriter, create, layout,
-                         open_for_extract, plan_units)
+from featx.store import (CHUNK_BYTES, FORMAT_VERSION, IDENTITY_KEYS, FeatureStore, StoreWriter, create, layout,
+                         open_for_extract, plan_units, verify)
 
 N, DIM = 30, (6,)
 
@@ -152,6 +155,34 @@ def test_feature_store_reading_api(tmp_path):
     assert fs.dask_array(flip=True).shape == (N, 6)
     with pytest.raises(IndexError):
         fs.features([N])
+
+
+V1_STORE = Path(__file__).parent / "data" / "store_v1.zarr"  # format 1 (one manifest, labels in root arrays)
+
+
+def test_format_1_stores_still_open_and_read_and_newer_ones_are_refused(tmp_path):
+    """Format 1: a store made before featx 0.2, bound to one manifest; the oldest have no shard checksums
+    and no row digests."""
+    path = str(tmp_path / "v1.zarr")
+    shutil.copytree(V1_STORE, path)
+    g = zarr.open_group(path, mode="r+")
+    del g["checksums"], g["row_hash"]
+    v1 = {"release": "vgg16.hed", "weights_sha256": "w" * 64, "tap": "pool5-gap", "preprocess": {"size": 32},
+          "dtype": "float32", "flip": False}
+    fs = FeatureStore.open(path)
+    assert fs.version == 1 and not fs.checked and FORMAT_VERSION == 2
+    assert fs.kinds == {"label": "categorical", "age": "numeric", "race": "categorical"}  # typed when read
+    assert fs.features(fs.indices("all")).shape == (12, 4) and verify(path) == []  # nothing to check it against
+    w = StoreWriter.open(path)
+    assert w.is_complete() and w.row_hashes() is None and open_for_extract(path, v1) is not None
+    with pytest.raises(FeatxError, match="predates checksums and cannot grow"):
+        w.grow(["img/new.jpg"], ["d"], "/nonexistent/photos")
+    meta = dict(g.attrs["featx"])
+    g.attrs["featx"] = {**meta, "version": FORMAT_VERSION + 1}
+    newer = f"format {FORMAT_VERSION + 1}; this featx .* reads formats 1 to {FORMAT_VERSION}: upgrade featx"
+    for opener in (FeatureStore.open, StoreWriter.open, verify, lambda p: open_for_extract(p, v1)):
+        with pytest.raises(FeatxError, match=newer):
+            opener(path)
 
 
 def test_store_without_flip_says_so(tmp_path):

@@ -20,7 +20,7 @@ from featx_cli.main import main
 from test_data import make_celeba
 
 DIM = (4,)
-V1_STORE = Path(__file__).parent / "data" / "store_v1.zarr"  # written by featx 0.2 (format 1), 12 rows
+V1_STORE = Path(__file__).parent / "data" / "store_v1.zarr"  # format 1 (before featx 0.2, with checksums), 12 rows
 
 
 def manifest(root, n=12, start=0, label=None, extras=None, splits=None) -> Manifest:

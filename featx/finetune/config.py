@@ -29,7 +29,7 @@ class FineTuneConfig:
     batch_size: int = 64
     warmup: float = 1.0  # epochs of linear warmup, then cosine decay
     label_smoothing: float = 0.1
-    head: str = "mlp"  # mlp: flatten -> hidden -> classes; linear: flatten -> classes; gap: GAP -> classes
+    top: str = "mlp"  # what sits on the stages: mlp (flatten -> hidden -> classes), linear (flatten -> classes), gap (GAP -> classes)
     hidden: int = 256
     dropout: float = 0.5
     augment: str = "none"  # or a comma list of flip, mirror, shift, pixels (map flips/shifts lost 2-9 points)
@@ -44,13 +44,13 @@ class FineTuneConfig:
 
     def check(self, family) -> None:
         from .data import parse_augment
-        from .model import HEADS
+        from .model import TOPS
 
         if self.from_tap not in family.finetune:
             raise FeatxError(f"--from-tap {self.from_tap!r} is not a fine-tune split of {family.arch}; "
                              f"use {' or '.join(family.finetune) or 'none (this family cannot fine-tune)'}")
-        if self.head not in HEADS:
-            raise FeatxError(f"--head {self.head!r} is not supported; use {', '.join(HEADS)}")
+        if self.top not in TOPS:
+            raise FeatxError(f"--top {self.top!r} is not supported; use {', '.join(TOPS)}")
         if self.balance not in BALANCE:
             raise FeatxError(f"--balance {self.balance!r} is not supported; use {', '.join(BALANCE)}")
         parse_augment(self.augment)
@@ -87,7 +87,11 @@ class RunOptions:
 
 
 def split_options(options: dict, unfreeze: str | None = None) -> tuple[FineTuneConfig, RunOptions]:
-    """Keyword options -> (config, run options); unknown names are refused."""
+    """Keyword options -> (config, run options); unknown names are refused. `head=` is the older name of `top=`."""
+    if "head" in options:
+        if "top" in options:
+            raise TypeError("give top= (head= is its older name), not both")
+        options = {("top" if k == "head" else k): v for k, v in options.items()}
     cf, rf = {f.name for f in fields(FineTuneConfig)}, {f.name for f in fields(RunOptions)}
     bad = sorted(set(options) - cf - rf)
     if bad:

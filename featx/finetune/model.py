@@ -16,22 +16,22 @@ from torch import nn
 
 from ..backbones import pool
 
-HEADS = {"mlp": "flat", "linear": "flat", "gap": "gap"}  # head -> how the head-input map is pooled
+TOPS = {"mlp": "flat", "linear": "flat", "gap": "gap"}  # the top on the stages -> how the head-input map is pooled
 
 
 class TuneNet(nn.Module):
     """Trainable stages of a copy of the base model + standardisation + (dropout, [hidden], linear)."""
 
-    def __init__(self, base: nn.Module, stages: list[str], head: str, n_classes: int,
+    def __init__(self, base: nn.Module, stages: list[str], top: str, n_classes: int,
                  hidden: int, dropout: float, sample: torch.Tensor):
         super().__init__()
         self.base = copy.deepcopy(base).float().requires_grad_(False)
-        self.stages, self.pool_kind = list(stages), HEADS[head]
+        self.stages, self.pool_kind = list(stages), TOPS[top]
         for s in self.stages:
             self.base.stage_module(s).requires_grad_(True)
         with torch.no_grad():
             d = self.features(sample[:1].float()).shape[1]
-        sizes = [hidden] if head == "mlp" else []
+        sizes = [hidden] if top == "mlp" else []
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         for h in sizes:
             layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import FeatxError
+from ..metrics import group_labels, ordered_buckets
 from .config import FineTuneConfig, RunOptions, split_options
 
 def prefix_store_for(manifest, release_name: str, weights_sha: str, tap: str, mirror: bool) -> Path:
@@ -72,7 +73,7 @@ def build_parts(store, base: tuple, cfg: FineTuneConfig, run: RunOptions, device
     sample = np.sort(np.random.default_rng(cfg.seed).choice(train_idx, min(len(train_idx), 256), replace=False))
     torch.manual_seed(cfg.seed)
     outputs = 1 if store.task == "regress" else len(store.classes)
-    net = TuneNet(model, stages, cfg.head, outputs, cfg.hidden, cfg.dropout,
+    net = TuneNet(model, stages, cfg.top, outputs, cfg.hidden, cfg.dropout,
                   torch.from_numpy(store.features(sample)))
     net = net.to(device).to(memory_format=torch.channels_last)
     aug = parse_augment(cfg.augment)
@@ -86,8 +87,9 @@ def build_parts(store, base: tuple, cfg: FineTuneConfig, run: RunOptions, device
 
 
 def split_scores(loop, net, evals, store, rows) -> dict:
-    """accuracy and AUC on `rows` (a regressed target: MAE and RMSE), and accuracy (MAE) of adults and
-    children when the data has an age column."""
+    """accuracy and AUC on `rows` (a regressed target: MAE and RMSE), and accuracy (MAE) per group of each
+    numeric column, by its bins (featx.metrics.bins_for: ages 0-12, 13-19, ...). Cuts such as
+    adults/children belong to the caller, which can pool these groups."""
     if len(rows) == 0:
         return {}
     r = loop.evaluate(net, evals, rows)
@@ -95,16 +97,14 @@ def split_scores(loop, net, evals, store, rows) -> dict:
     out = {**{k: r[k] for k in keys}, "n": int(len(rows))}
     if loop.regress:
         mean, scale = loop.scale
-        err = np.abs(r["pred"] - (loop.labels[r["rows"]] * scale + mean))
+        score = np.abs(r["pred"] - (loop.labels[r["rows"]] * scale + mean))
     else:
-        right = r["proba"].argmax(1) == loop.labels[r["rows"]]
-    age = store.extras.get("age")
-    if age is not None:
-        a = np.array([float(v) if str(v).strip() not in ("", "nan") else np.nan for v in age[r["rows"]]])
-        for name, m in (("adults", a >= 13), ("children", a < 13)):
-            if m.any():
-                out[f"{keys[0]}_{name}"] = float(err[m].mean() if loop.regress else right[m].mean())
-                out[f"n_{name}"] = int(m.sum())
+        score = (r["proba"].argmax(1) == loop.labels[r["rows"]]).astype(np.float64)
+    kinds = store.kinds
+    values = {c: np.asarray(store.extras[c])[r["rows"]] for c, k in kinds.items() if k == "numeric" and c != "label"}
+    for col, labels in group_labels(values, kinds).items():
+        out.setdefault("groups", {})[col] = {
+            b: {"n": int((labels == b).sum()), keys[0]: float(score[labels == b].mean())} for b in ordered_buckets(labels)}
     return out
 
 
@@ -141,7 +141,8 @@ def already_done(out: Path, identity: dict, log) -> dict | None:
     if not (out / "release.json").is_file():
         return None
     done = json.loads((out / "release.json").read_text())
-    if done.get("lineage", {}).get("config") == identity:
+    before_top = {("head" if k == "top" else k): v for k, v in identity.items()}  # recorded by featx 0.1
+    if done.get("lineage", {}).get("config") in (identity, before_top):
         log(f"{out} is already fine-tuned with these settings; nothing to do")
         return done["lineage"]["summary"]
     raise FeatxError(f"{out} holds a model fine-tuned with other settings; use another --out")

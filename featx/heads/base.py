@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..errors import FeatxError
-from .select import Search, best_point, grid_search  # noqa: F401  (best_point: kept importable here)
+from .select import Search, grid_search
 
 
 def as_2d(X) -> np.ndarray:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import FeatxError
-from ..metrics import bucket_column, compute_metrics
+from ..metrics import check_bins, compute_metrics, group_labels
 
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
@@ -36,11 +38,36 @@ def parse_by(by) -> list[str]:
     return [b.strip() for b in by if b and b.strip()]
 
 
-def check_by(columns: list[str], extras) -> None:
-    for c in columns:
-        if c not in extras:
-            have = ", ".join(sorted(extras)) or "none"
-            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+def parse_bins(bins) -> dict[str, tuple[float, ...]]:
+    """{column: edges} from a dict, or from strings "COLUMN=E1,E2,..." (--bins, repeatable)."""
+    if not bins:
+        return {}
+    if isinstance(bins, str):
+        bins = [bins]
+    pairs = bins.items() if isinstance(bins, dict) else [str(b).partition("=")[::2] for b in bins]
+    out = {}
+    for col, edges in pairs:
+        if isinstance(edges, str):
+            try:
+                edges = [float(e) for e in edges.split(",") if e.strip()]
+            except ValueError:
+                raise FeatxError(f"--bins {col}={edges}: edges must be numbers, e.g. age=0,13,20,40,60") from None
+        if not str(col).strip():
+            raise FeatxError("--bins needs COLUMN=EDGES, e.g. age=0,13,20,40,60")
+        out[str(col).strip()] = check_bins(edges)
+    return out
+
+
+def check_groups(store, columns: list[str], bins) -> dict[str, tuple[float, ...]]:
+    """The bins given ({column: edges}), with every --by and --bins column checked against the store's
+    columns. How a column without given bins is bucketed is its type's choice (featx.metrics.bins_for)."""
+    extras, given = store.extras, parse_bins(bins)  # extras: read column by column, as asked for
+    for opt, names in (("--by", columns), ("--bins", given)):
+        for c in names:
+            if c not in extras:
+                have = ", ".join(sorted(extras)) or "none"
+                raise FeatxError(f"the store has no column {c!r} for {opt}; columns: {have}")
+    return given
 
 
 def head_set(card: dict, store, targets: str | None = None):
@@ -61,37 +88,66 @@ def head_set(card: dict, store, targets: str | None = None):
 
 
 def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None,
-             targets: str | None = None) -> dict:
+             targets: str | None = None, bins=None) -> dict:
     """Score the head in `head_dir` on `split` of `store` ("all" = every usable row) and write the report.
 
     The store may come from another collection (another manifest) of the same release and tap.
+    `targets`: the store's target set (default: the head's own when the store has it, else the current).
+    `by`: group columns; `bins`: {column: edges} (or "COLUMN=E1,E2,..." strings) to bucket a numeric
+    column by, else the column's type decides (featx.metrics.bins_for: ages in 0-12, 13-19, 20-39,
+    40-59, 60+; other numbers in quintiles; categorical columns by value).
     Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
     """
     from ..data import check_split
     from ..heads import check_compatible, load_head
     from ..heads.card import card_task
-    from ..training import open_store, predict_rows, store_label, use_target
+    from ..training import open_store, store_label, use_target
 
     head, card = load_head(head_dir)
-    given = store if isinstance(store, (str, Path)) else None
+    given_store = store if isinstance(store, (str, Path)) else None
     base = head_set(card, open_store(store), targets)
     target = card.get("target")  # cards before targets: the store's label (or the regress report's column)
     store = use_target(base, target, card_task(card)) if target else base
     check_compatible(card, dict(store.attrs))
     check_split(split)
     columns = parse_by(by)
-    extras = store.extras  # read column by column, as asked for
-    check_by(columns, extras)
+    given = check_groups(store, columns, bins)
     if report_dir is None:
-        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+        report_dir = Path(head_dir) / f"report-{store_label(store, given_store)}-{split}"
+    name = str(getattr(store, "name", given_store))
     if card_task(card) == "regress":
         from .regression import RegressionEval, evaluate_regression
 
-        name = str(getattr(store, "name", given))
-        return evaluate_regression(RegressionEval(head, card, str(head_dir), base, split, columns, name), report_dir)
-    idx = store.indices(split)
+        e = RegressionEval(head, card, str(head_dir), base, split, columns, name, given)
+        return evaluate_regression(e, report_dir)
+    return evaluate_classifier(ClassifierEval(head, card, str(head_dir), store, split, columns, name, given),
+                               report_dir)
+
+
+@dataclass
+class ClassifierEval:
+    """What evaluating a classifier head needs: the head and its card, the store seen through the head's
+    target, the split, the --by columns and the --bins given."""
+
+    head: Any
+    card: dict
+    head_dir: str
+    store: Any
+    split: str
+    columns: list[str]
+    store_name: str
+    bins: dict = field(default_factory=dict)
+
+
+def evaluate_classifier(e: ClassifierEval, report_dir: str | Path) -> dict:
+    """Score a classifier head on e.split of the store; metrics.json, report.md, report.html and plots."""
+    from ..training import predict_rows
+    from .html import EvalRun, column_kinds, enrich, write_page
+
+    store, card = e.store, e.card
+    idx = store.indices(e.split)
     if len(idx) == 0:
-        raise FeatxError(f"the store has no usable {split} rows")
+        raise FeatxError(f"the store has no usable {e.split} rows")
     head_classes = list(card["classes"])
     store_classes = list(store.classes)
     missing = sorted(set(store_classes) - set(head_classes))
@@ -101,20 +157,19 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     to_head = np.asarray([head_classes.index(c) for c in store_classes], np.int64)
 
     t0 = time.perf_counter()
-    rows, proba = predict_rows(head, store, idx)
+    rows, proba = predict_rows(e.head, store, idx)
     predict_seconds = time.perf_counter() - t0
     y = to_head[np.asarray(store.labels)[rows]]
-    groups = {c: bucket_column(extras[c][rows], c) for c in columns}
+    values = {c: np.asarray(store.extras[c])[rows] for c in e.columns}
+    groups = group_labels(values, column_kinds(store, values), e.bins)
     metrics = compute_metrics(y, proba, head_classes, groups)
     metrics["context"] = {
-        "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
-        "split": split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
+        "head": e.head_dir, "head_type": card["head"], "store": e.store_name,
+        "split": e.split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
         "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
-        "target": card.get("target", "label"), "left_out": store.missing(split) if hasattr(store, "missing") else 0,
+        "target": card.get("target", "label"), "left_out": store.missing(e.split) if hasattr(store, "missing") else 0,
     }
-    from .html import EvalRun, enrich, write_page
-
-    run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
+    run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4), e.bins)
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
     write_report(report_dir, metrics, y_true=y, proba=proba)
     write_page(report_dir, metrics, run)  # report.html, predictions.csv

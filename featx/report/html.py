@@ -19,8 +19,9 @@ import numpy as np
 
 from .. import __version__
 from ..provenance import provenance
+from ..targets import infer_kind
 from . import plots
-from ..metrics import INTERVAL_KEYS, bucket_column, calibration, compute_metrics, interval_block
+from ..metrics import INTERVAL_KEYS, calibration, compute_metrics, group_labels, interval_block
 
 MAX_BUCKETS = 20  # an extra column with more distinct values is not a group column
 MAX_EXTRA = 8  # group columns shown beyond --by (name more with --by)
@@ -42,6 +43,7 @@ class EvalRun:
     card: dict
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # the --by columns, bucketed
     predict_seconds: float | None = None
+    bins: dict[str, tuple[float, ...]] = field(default_factory=dict)  # --bins: {column: edges}
 
     @property
     def pred(self) -> np.ndarray:
@@ -58,14 +60,23 @@ def identity_buckets(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.select([per_row == 1, per_row < 5, per_row < 10], ["1", "2-4", "5-9"], "10+").astype(str)
 
 
+def column_kinds(store, columns: dict) -> dict[str, str]:
+    """{column: categorical | numeric}: each column's type in the store's target set (featx.targets),
+    inferred from `columns` {name: values} for a store that has none."""
+    kinds = getattr(store, "kinds", None) or {}
+    return {c: kinds.get(c) or infer_kind(c, v) for c, v in columns.items()}
+
+
 def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
     """Group columns the store has beyond --by: the first MAX_EXTRA extras with 2 to MAX_BUCKETS buckets,
     and identity counts when the store has identities."""
     out = {}
-    for col, values in dict(getattr(run.store, "extras", {}) or {}).items():
+    extras = getattr(run.store, "extras", None) or {}  # read column by column (a store may hold 40)
+    for col in extras:
         if col in run.groups or len(out) >= MAX_EXTRA:
             continue
-        labels = bucket_column(np.asarray(values)[run.rows], col)
+        values = {col: np.asarray(extras[col])[run.rows]}
+        labels = group_labels(values, column_kinds(run.store, values), run.bins)[col]
         if 1 < len(set(labels.tolist())) <= MAX_BUCKETS:
             out[col] = labels
     ids = getattr(run.store, "groups", None)

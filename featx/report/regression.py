@@ -2,8 +2,8 @@
 
 `regression_report(report_dir, RegressionRun(...))` computes the metrics (featx.metrics.regression_metrics:
 n, mae, rmse, r2, within_5, bias, median_ae, groups; bootstrap intervals), writes them, and builds the page:
-headline metrics with intervals, predicted against true, error by group (by age band when the target is an
-age), the largest errors as a thumbnail gallery, provenance. The caller supplies the scored rows, their
+headline metrics with intervals, predicted against true, error by group (by band of the true value: age
+bands for an age, quintiles for other numbers), the largest errors as a thumbnail gallery, provenance. The caller supplies the scored rows, their
 true values and the head's predictions, so the same page serves any numeric target.
 """
 
@@ -19,12 +19,13 @@ import numpy as np
 
 from ..errors import FeatxError
 from ..heads.card import to_json
-from ..metrics import REGRESSION_KEYS, bucket_column, regression_interval_block, regression_metrics
-from .html import (CSS, GALLERY, PAGE, PREDICTIONS, esc, extra_group_columns, fmt, fmt_interval, img,
+from ..metrics import (REGRESSION_KEYS, bins_for, bucket_column, group_labels, regression_interval_block,
+                       regression_metrics)
+from .html import (CSS, GALLERY, PAGE, PREDICTIONS, column_kinds, esc, extra_group_columns, fmt, fmt_interval, img,
                    provenance_table, run_provenance, source_path)
 from .plots import _plt, png_bytes, thumbnail
 
-TARGET_BAND = "true {target} band"  # the group column made from the target itself, for age-like targets
+TARGET_BAND = "true {target} band"  # the group column made from the target itself
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RegressionRun:
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # the --by columns, bucketed
     predict_seconds: float | None = None
     context: dict = field(default_factory=dict)
+    bins: dict = field(default_factory=dict)  # --bins: {column: edges}
 
     @property
     def error(self) -> np.ndarray:
@@ -47,10 +49,13 @@ class RegressionRun:
 
 
 def target_groups(run: RegressionRun) -> dict[str, np.ndarray]:
-    """The --by columns, plus bands of the true value when the target is an age (0-12, 13-19, ...)."""
+    """The --by columns, plus bands of the true value by the target's bins (featx.metrics.bins_for: given
+    ones, else ages 0-12, 13-19, ... for an age, else quintiles)."""
     groups = dict(run.groups)
-    if "age" in run.target.lower():
-        groups[TARGET_BAND.format(target=run.target)] = bucket_column(run.y.astype(str), "age")
+    y = run.y.astype(str)
+    bins = bins_for(run.target, "numeric", y, run.bins)
+    if bins is not None:
+        groups[TARGET_BAND.format(target=run.target)] = bucket_column(y, bins)
     return groups
 
 
@@ -262,6 +267,7 @@ class RegressionEval:
     split: str
     columns: list[str]
     store_name: str
+    bins: dict = field(default_factory=dict)  # --bins: {column: edges}
 
 
 def evaluate_regression(e: RegressionEval, report_dir: str | Path) -> dict:
@@ -278,12 +284,12 @@ def evaluate_regression(e: RegressionEval, report_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     rows, pred = predict_values(e.head, store, idx)
     seconds = round(time.perf_counter() - t0, 4)
-    extras = dict(store.extras)
-    groups = {c: bucket_column(np.asarray(extras[c])[rows], c) for c in e.columns}
+    cols = {c: np.asarray(store.extras[c])[rows] for c in e.columns}
+    groups = group_labels(cols, column_kinds(store, cols), e.bins)
     prov = e.card.get("provenance", {})
     context = {"head": e.head_dir, "head_type": e.card["head"], "store": e.store_name, "split": e.split,
                "release": prov.get("release"), "tap": prov.get("tap"), "target": target,
                "missing_target": int(len(store.indices(e.split)) - len(idx)),
                "same_manifest": prov.get("manifest_hash") == store.attrs.get("manifest_hash")}
-    run = RegressionRun(rows, values[rows], pred, store, e.card, target, groups, seconds, context)
+    run = RegressionRun(rows, values[rows], pred, store, e.card, target, groups, seconds, context, e.bins)
     return regression_report(report_dir, run)
