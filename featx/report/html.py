@@ -62,10 +62,11 @@ def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
     """Group columns the store has beyond --by: the first MAX_EXTRA extras with 2 to MAX_BUCKETS buckets,
     and identity counts when the store has identities."""
     out = {}
-    for col, values in dict(getattr(run.store, "extras", {}) or {}).items():
+    extras = getattr(run.store, "extras", {}) or {}  # a store reads a column when asked for it
+    for col in extras:
         if col in run.groups or len(out) >= MAX_EXTRA:
             continue
-        labels = bucket_column(np.asarray(values)[run.rows], col)
+        labels = bucket_column(np.asarray(extras[col])[run.rows], col)
         if 1 < len(set(labels.tolist())) <= MAX_BUCKETS:
             out[col] = labels
     ids = getattr(run.store, "groups", None)
@@ -274,7 +275,7 @@ def page(metrics: dict, run: EvalRun) -> str:
     groups = {**metrics.get("groups", {}), **metrics.get("extra_groups", {})}
     group_html = "".join(group_section(c, b, iv.get(c, {}), classes) for c, b in groups.items()) or \
         '<p class="note">The data has no group columns.</p>'
-    unshown = [c for c in dict(getattr(run.store, "extras", {}) or {}) if c not in groups]
+    unshown = [c for c in (getattr(run.store, "extras", {}) or {}) if c not in groups]
     if unshown:
         group_html += (f'<p class="note">Not shown (too many values, or past the first {MAX_EXTRA}; name them '
                        f"with --by): {esc(', '.join(unshown))}.</p>")
