@@ -16,7 +16,8 @@ from . import checks
 def data(
     data: Path = typer.Option(..., "--data", help="Class folder, CSV (path,label,...), CelebA root, UTKFace folder or a manifest."),
     out: Path = typer.Option(..., "--out", callback=checks.out_file, help="Manifest CSV to write."),
-    attribute: str = typer.Option("Male", "--attribute", help="CelebA attribute used as the label."),
+    attribute: str = typer.Option("Male", "--attribute", help="CelebA attribute used as the label, or all: every "
+                                  "attribute a target (the label is then Male)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the train/val/test split."),
     val: float = typer.Option(0.1, "--val", help="Validation fraction (ignored when the source has its own split)."),
     test: float = typer.Option(0.1, "--test", help="Test fraction (ignored when the source has its own split)."),

@@ -29,7 +29,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship this module'
 
 # fp32 end to end, so a cluster store must equal a single-process one bit for bit; 10 shards of 4 rows
 KW = dict(precision="fp32", dtype="float32", rows_per_shard=4, progress=False)
-ARRAYS = ("features", "ok", "reason", "done", "labels", "split", "paths")
+ARRAYS = ("features", "ok", "reason", "done", "row_hash", "paths", "targets/s0/rows", "targets/s0/split",
+          "targets/s0/columns/0")
 
 
 def reference(data, weights, path):

@@ -264,3 +264,21 @@ def test_store_upgrade_turns_a_format_1_store_into_format_2(tmp_path, capsys):
     assert run(capsys, "store", "verify", path)[0] == 0
     rc, out, _ = run(capsys, "store", "upgrade", path)
     assert rc == 0 and "nothing to do" in out
+
+
+def test_target_all_reads_the_features_once(store, csv_dataset, tmp_path, monkeypatch, capsys):
+    from featx.training import TrainOptions, train_all
+
+    extra = write_csv(csv_dataset.parent / "two.csv", "path,mood,hat",
+                      [f"img/{i:03d}.jpg,{['glad', 'sad'][(i // 2) % 2]},{['yes', 'no'][(i // 3) % 2]}"
+                       for i in range(40)])
+    assert run(capsys, "labels", "add", store, "--data", extra)[0] == 0
+    reads = []
+    real = FeatureStore.features
+    monkeypatch.setattr(FeatureStore, "features", lambda self, idx=None, flip=False: reads.append(len(idx)) or
+                        real(self, idx, flip))
+    regression_heads()
+    cards = train_all(store, ["logreg", "ridge"], tmp_path / "all", TrainOptions())
+    assert [c["target"] for c in cards] == ["label", "age", "mood", "hat"]
+    assert reads == [40]  # one read of every usable row, shared by the four heads
+

@@ -45,7 +45,8 @@ def extract_on_cluster(data, backbone: str, store, *, client=None, **kw) -> dict
 
 
 def repair(store, data, opts: ExtractOptions | None = None, **kw) -> dict:
-    """Recompute only the shards of `store` that do not verify (or whose images changed), from `data`.
+    """Recompute only the shards of `store` that do not verify, reading the images of `data` (new images of
+    `data` are computed into new rows, as by `extract`).
 
     The store's own release, weights, tap, dtype, flip and precision are used; `opts` may add
     runtime settings (device, batch size, workers, cluster)."""

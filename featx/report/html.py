@@ -285,7 +285,7 @@ def page(metrics: dict, run: EvalRun) -> str:
     groups = {**metrics.get("groups", {}), **metrics.get("extra_groups", {})}
     group_html = "".join(group_section(c, b, iv.get(c, {}), classes) for c, b in groups.items()) or \
         '<p class="note">The data has no group columns.</p>'
-    unshown = [c for c in dict(getattr(run.store, "extras", {}) or {}) if c not in groups]
+    unshown = [c for c in (getattr(run.store, "extras", {}) or {}) if c not in groups]
     if unshown:
         group_html += (f'<p class="note">Not shown (too many values, or past the first {MAX_EXTRA}; name them '
                        f"with --by): {esc(', '.join(unshown))}.</p>")
