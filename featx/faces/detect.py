@@ -198,6 +198,12 @@ class MmodNet(nn.Module):
                 x = F.relu(x, inplace=True)
         return x
 
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        for conv in self.convs:
+            (sy, sx), (py, px), (ky, kx) = conv.stride, conv.padding, conv.kernel_size
+            h, w = (h + 2 * py - ky) // sy + 1, (w + 2 * px - kx) // sx + 1
+        return h, w
+
     def input_point(self) -> tuple[float, float, float, float]:
         """Output cell (c, r) -> input point (ax * c + bx, ay * r + by): each con maps p to p*s - pad + k//2."""
         ax, bx, ay, by = 1.0, 0.0, 1.0, 0.0
@@ -292,6 +298,7 @@ class FaceDetector:
         self.padding, self.outer = net.pyramid_padding
         self.mean = torch.tensor(net.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.map = self.model.input_point()
+        self.output_size = self.model.output_size
         self.window = min(min(w, h) for w, h, _ in self.options.windows)
         self.sha256 = sha256
 
@@ -382,6 +389,8 @@ class FaceDetector:
     @torch.inference_mode()
     def _detect(self, batch, plan, rects, shape, threshold) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image: NMS-kept rects in the working image and their scores."""
+        if min(self.output_size(*shape)) < 1:  # too small for the net: nothing to find
+            return [(np.zeros((0, 4), np.int64), np.zeros(0))] * len(batch)
         x = self.pyramid(self._working(batch, plan), rects, shape).contiguous(memory_format=torch.channels_last)
         if self.precision == "fp32":
             scores = self.model(x)
@@ -408,10 +417,10 @@ class FaceDetector:
         nr, nc = size
         if plan.upsample:
             boxes = to_rect(rect_down2(boxes, plan.upsample))
-        elif plan.scale != (1.0, 1.0):  # pixel centres: x_photo = (x + 0.5) / s - 0.5
+        elif plan.scale != (1.0, 1.0):  # pixel edges: working pixels l..r cover [l, r + 1) / s in the photo
             sy, sx = plan.scale
             s = np.array([sx, sy, sx, sy])
-            boxes = to_rect((boxes + 0.5) / s - 0.5)
+            boxes = to_rect((boxes + [0, 0, 1, 1]) / s) - [0, 0, 1, 1]
         faces = []
         for (l, t, r, b), score in zip(boxes.tolist(), scores.tolist()):
             clipped = (max(l, 0), max(t, 0), min(r, nc - 1), min(b, nr - 1))
