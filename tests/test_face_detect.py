@@ -203,7 +203,7 @@ def test_wrong_files_fail_in_one_line(tmp_path, tiny_layers_0):
         "loss_metric_2 network": tiny_dat(tiny_state_dict()),  # the face descriptor, not a detector
         "file ends early": tiny_mmod(tiny_layers_0)[:-9],
         "a max_pool layer": tiny_mmod(tiny_layers_0).replace(d_str("relu_"), pool("max_pool", 3, 2), 1),
-        "maps": tiny_mmod(tiny_layers_0[:-1] + [("con", np.zeros((2, 7, 9, 9)), np.zeros(2), 1, 4)]),
+        "maps, 1 detector windows want 1": tiny_mmod(tiny_layers_0[:-1] + [("con", np.zeros((2, 7, 9, 9)), np.zeros(2), 1, 4)]),
         "bad integer control byte": b"\x01\x01\xff" + bytes(40),  # not a dlib network at all
     }
     for why, blob in cases.items():
@@ -393,6 +393,9 @@ def test_bad_images_give_one_line_or_nothing(tiny):
     f = out[0][0]  # a face reaching past the border: its box as dlib gives it, and clipped to the photo
     assert f.box[0] < 0 and f.clipped == (0, 0, min(f.box[2], 29), min(f.box[3], 29))
     assert out[3] == []  # 1x1: too small for the net, which is not run
+    # window 40: a 30x30 photo cannot hold one at upsample 0, at upsample 1 (61x62) it can
+    assert tiny.too_small(30, 30) and not tiny.too_small(30, 30, fd.DetectOptions(upsample=1))
+    assert not tiny.too_small(40, 500) and tiny.too_small(80, 80, fd.DetectOptions(min_face=100))
 
 
 # --- model files -----------------------------------------------------------------------------------------

@@ -254,9 +254,11 @@ def build_net(net: DatNet, what: str) -> MmodNet:
         else:
             raise FeatxError(f"{what}: a {layer.kind} layer where a con, affine or relu belongs; {NOT_MMOD}")
     want = len(net.mmod.windows) * (5 if net.mmod.bbr else 1)
-    if not convs or convs[0].in_channels != 3 or convs[-1].out_channels != want or relus[-1]:
-        raise FeatxError(f"{what}: the last con gives {convs[-1].out_channels if convs else 0} maps, "
-                         f"{len(net.mmod.windows)} detector windows want {want}; {NOT_MMOD}")
+    if not convs or convs[0].in_channels != 3:
+        raise FeatxError(f"{what}: no con layer on the 3-channel input; {NOT_MMOD}")
+    if convs[-1].out_channels != want or relus[-1]:
+        raise FeatxError(f"{what}: the last con gives {convs[-1].out_channels} maps{' through a relu' * relus[-1]}, "
+                         f"{len(net.mmod.windows)} detector windows want {want} scores; {NOT_MMOD}")
     if net.mmod.bbr:
         raise FeatxError(f"{what}: bounding-box regression is not supported")
     return MmodNet(convs, relus).eval()
@@ -324,6 +326,12 @@ class FaceDetector:
         return cls.from_file(model_path(DETECTOR, echo), device, precision)
 
     # --- planning ---
+    def too_small(self, nr: int, nc: int, options: DetectOptions | None = None) -> bool:
+        """Whether a photo of nr x nc cannot hold one detector window at the scale it would be searched at
+        (nothing can be found in it: a reason of its own, not `no face`)."""
+        rows, cols = self.plan(nr, nc, options or DetectOptions()).size
+        return min(rows, cols) < self.window
+
     def plan(self, nr: int, nc: int, o: DetectOptions) -> _Plan:
         if o.min_face is None and o.upsample >= 0:
             size = (nr, nc)
