@@ -1,1 +1,1 @@
-"""The face stage between the reader and the backbone: find faces, 5 landmarks, the release's chip."""
+"""The face stage: find faces, place landmarks, cut the chip each release was trained on."""
