@@ -323,26 +323,41 @@ def test_upsampling_geometry_is_dlibs_pyramid_up(tiny):
 
 # --- speed options ---------------------------------------------------------------------------------------
 
-def test_min_face_scales_the_photo_and_boxes_come_back(tiny):
-    det = tiny
-    p = det.plan(250, 250, fd.DetectOptions(min_face=80))  # window 40: faces of 80 px need half the size
-    assert p.size == (125, 125) and p.upsample == 0 and p.scale == (0.5, 0.5) and p.levels is None
-    assert det.plan(250, 250, fd.DetectOptions(min_face=20)).size == (500, 500)
-    # max_face: levels up to the first whose smallest face (40 / s * 1.2^i) passes it: 80, 96, 115.2, 138.24
-    assert det.plan(250, 250, fd.DetectOptions(min_face=80, max_face=120)).levels == 4
-    s = with_scores(det, {(0, 12, 10): 2.0})
-    faces = det([np.zeros((250, 250, 3), np.uint8)], min_face=80, max_face=120)[0]
-    rects, nr, nc = fd.tiled_layout(fd.level_sizes(125, 125, 4), 10, 11)
-    assert len(rects) == 4 and s.seen[0].shape[2:] == (nr, nc)
-    # (64, 80, 103, 119) in the half-size image covers photo pixels 128..207 and 160..239
-    assert faces[0].box == (128, 160, 207, 239)
+def test_min_face_picks_dlibs_levels_and_boxes_come_back(tiny):
+    """Level i at upsample u finds faces of about 40 * 1.2^i / 2^u px here (the tiny file's window is 40)."""
+    def plan(**kw):
+        p = tiny.plan(250, 250, fd.DetectOptions(**kw))
+        return p.size, p.upsample, p.first, p.levels, p.reduce
+
+    assert plan() == ((250, 250), 0, 0, None, (1.0, 1.0))  # dlib's own geometry
+    assert plan(upsample=1) == ((501, 502), 1, 0, None, (1.0, 1.0))
+    assert plan(min_face=80) == ((250, 250), 0, 3, None, (1.0, 1.0))  # 40 * 1.2^3 = 69 <= 80 < 83: no upsampling
+    assert plan(min_face=20) == ((501, 502), 1, 0, None, (1.0, 1.0))  # 40 / 2
+    assert plan(min_face=30) == ((501, 502), 1, 2, None, (1.0, 1.0))  # 40 * 1.2^2 / 2 = 28.8 <= 30
+    # max_face 120: levels 3..7 (69, 83, 100, 119, then 143, the first past 120)
+    assert plan(min_face=80, max_face=120)[2:4] == (3, 5)
+    s = with_scores(tiny, {(0, 5, 5): 2.0})
+    img = np.random.default_rng(2).integers(0, 256, (250, 250, 3), dtype=np.uint8)
+    faces = tiny([img], min_face=80, max_face=120)[0]
+    every = fd.level_sizes(250, 250)
+    rects, nr, nc = fd.tiled_layout(every[3:8], 10, 11)
+    assert s.seen[0].shape[2:] == (nr, nc) and rects[0] == (11, 11, 154, 154)  # level 3: 144x144
+    level = (torch.from_numpy(img).permute(2, 0, 1)[None].float() - tiny.mean) / 256  # dlib's levels 1, 2, 3
+    for size in every[1:4]:
+        level = torch.nn.functional.interpolate(level, size=size, mode="bilinear", align_corners=True)
+    assert torch.allclose(s.seen[0][:, :, 11:155, 11:155], level, atol=1e-5)
+    # cell (5, 5) -> input point (54, 54), in tile 0 = level 3: minus (11, 11), +- 19.5, then point_up 3 times
+    box = np.array([[23.5, 23.5, 62.5, 62.5]])
+    for _ in range(3):
+        box = box * 1.2 + 0.3
+    assert faces[0].box == tuple(fd.to_rect(box)[0]) == (42, 42, 109, 109)  # 23.5 -> 28.5 -> 34.5 -> 41.7
 
 
 def test_a_big_photo_is_reduced_with_bounded_memory(tiny):
     """A 12-megapixel photo: detected on a copy no longer than max_side, boxes in the photo's pixels."""
     big = np.zeros((3000, 4000, 3), np.uint8)
     p = tiny.plan(3000, 4000, fd.DetectOptions(upsample=1, max_side=800))
-    assert p.size == (600, 800) and p.upsample == 0 and p.scale == (0.2, 0.2)
+    assert p.size == (600, 800) and p.upsample == 0 and p.reduce == (0.2, 0.2) and (p.first, p.levels) == (0, None)
     s = with_scores(tiny, {(0, 12, 10): 2.0})
     faces = tiny([big], max_side=800)[0]
     assert s.seen[0].shape[2:] == fd.tiled_layout(fd.level_sizes(600, 800), 10, 11)[1:]

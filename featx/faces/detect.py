@@ -55,10 +55,19 @@ class Face:
 
 @dataclass(frozen=True)
 class DetectOptions:
-    upsample: int = 0  # dlib's pyramid_up count (exact dlib geometry) when min_face is None
-    min_face: float | None = None  # smallest face side wanted, in photo pixels: the photo is scaled by window/min_face
-    max_face: float | None = None  # largest face side wanted: pyramid levels that only find larger faces are dropped
-    max_side: int = 1600  # longest side the net sees; larger working images are reduced first
+    """Which of dlib's pyramid levels are searched. The level i of a photo upsampled u times finds faces of
+    about window * (6/5)^i / 2^u photo pixels (window: 80 for dlib's file). By default all levels at
+    `upsample` (dlib's own geometry). `min_face` instead picks u (0 when min_face >= window: no upsampling)
+    and the first level (the last whose faces are not larger than min_face: smaller levels are computed
+    by dlib's resizes but not searched); `max_face` keeps levels up to the first whose faces exceed it.
+    A photo whose working image would pass `max_side` is first reduced (area-averaged) to fit, and its
+    boxes mapped back, so time and memory stay bounded. Frames (LFW-like): min_face 80; face crops of
+    side n: min_face ~ 0.6 n, max_face ~ 1.2 n."""
+
+    upsample: int = 0  # dlib's pyramid_up count, when min_face is None
+    min_face: float | None = None  # smallest face side wanted, in photo pixels
+    max_face: float | None = None  # largest face side wanted, in photo pixels
+    max_side: int = 1600  # longest side of the working image (after upsampling)
     threshold: float = 0.0  # dlib's adjust_threshold
     batch: int = 16  # images per forward pass (fewer when the tiled image is large)
     budget_px: int = 12_000_000  # tiled-image pixels per forward pass
@@ -127,12 +136,14 @@ def nearest_rect(rects: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(inside.any(1), inside.argmax(1), dist.argmin(1))
 
 
-def tiled_to_image(rects: list[Rect], boxes: np.ndarray, n: int = PYRAMID_DOWN) -> np.ndarray:
-    """tiled_pyramid_to_image for drectangles [N, 4] (l, t, r, b) -> image drectangles."""
+def tiled_to_image(rects: list[Rect], boxes: np.ndarray, first: int = 0, n: int = PYRAMID_DOWN) -> np.ndarray:
+    """tiled_pyramid_to_image for drectangles [N, 4] (l, t, r, b) -> image drectangles; tile j holds
+    pyramid level first + j."""
     r = np.asarray(rects, np.float64).reshape(-1, 4)
     cx = np.floor((boxes[:, 0] + boxes[:, 2]) / 2 + 0.5)  # dcenter, then dpoint -> point
     cy = np.floor((boxes[:, 1] + boxes[:, 3]) / 2 + 0.5)
-    level = nearest_rect(r, cx, cy)
+    level = nearest_rect(r, cx, cy) + first
+    r = np.concatenate([np.zeros((first, 4)), r])
     out = boxes - np.stack([r[level, 0], r[level, 1], r[level, 0], r[level, 1]], 1)
     ratio = n / (n - 1.0)
     for k in range(int(level.max(initial=0))):
@@ -278,12 +289,18 @@ def _as_rgb(img, i: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How one photo is detected: the working image's size and how its boxes return to the photo."""
+    """How one photo is searched: the working image (pyramid level 0), the levels, the way back."""
 
-    size: tuple[int, int]  # (rows, cols) the net's pyramid starts from
-    upsample: int  # dlib pyramid_up count (exact geometry), or 0
-    scale: tuple[float, float]  # (sy, sx) of a plain resize, (1, 1) when none
-    levels: int | None  # pyramid levels kept (None: all)
+    size: tuple[int, int]  # (rows, cols) of level 0: the photo, reduced and/or upsampled
+    reduce: tuple[float, float]  # (sy, sx) of a plain reduction first (photos over max_side), (1, 1) when none
+    upsample: int  # dlib pyramid_up count
+    first: int = 0  # the first level searched
+    levels: int | None = None  # how many levels from `first` (None: all)
+
+    def sizes(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(rows, cols) of every level from 0 (level_sizes of the working image), and of the searched ones."""
+        every = level_sizes(*self.size)
+        return every, every[self.first: None if self.levels is None else self.first + self.levels]
 
 
 class FaceDetector:
@@ -329,27 +346,29 @@ class FaceDetector:
     def too_small(self, nr: int, nc: int, options: DetectOptions | None = None) -> bool:
         """Whether a photo of nr x nc cannot hold one detector window at the scale it would be searched at
         (nothing can be found in it: a reason of its own, not `no face`)."""
-        rows, cols = self.plan(nr, nc, options or DetectOptions()).size
-        return min(rows, cols) < self.window
+        searched = self.plan(nr, nc, options or DetectOptions()).sizes()[1]
+        return not searched or min(searched[0]) < self.window
 
     def plan(self, nr: int, nc: int, o: DetectOptions) -> _Plan:
-        if o.min_face is None and o.upsample >= 0:
-            size = (nr, nc)
-            for _ in range(o.upsample):
-                size = pyramid_up_size(*size)
-            if max(size) <= o.max_side:
-                return _Plan(size, o.upsample, (1.0, 1.0), None)
-            s = 2.0 ** o.upsample
-        else:
-            s = self.window / o.min_face if o.min_face else 1.0
-        s = min(s, o.max_side / max(nr, nc))
-        size = (max(1, round(nr * s)), max(1, round(nc * s)))
+        smallest = o.min_face if o.min_face is not None else self.window / 2 ** o.upsample  # photo pixels
+        up = 0 if smallest >= self.window else math.ceil(math.log2(self.window / smallest) - 1e-9)
+        size, reduce = (nr, nc), 1.0
+        for _ in range(up):
+            size = pyramid_up_size(*size)
+        if max(size) > o.max_side:  # a big photo: reduce it instead of upsampling
+            up, reduce = 0, min(1.0, o.max_side / max(nr, nc))
+            size = (max(1, round(nr * reduce)), max(1, round(nc * reduce)))
+        gain = reduce * 2 ** up  # photo pixels -> level-0 pixels
+        rate = PYRAMID_DOWN / (PYRAMID_DOWN - 1.0)
+        first = 0
+        if o.min_face is not None:
+            first = max(0, math.floor(math.log(max(smallest * gain / self.window, 1e-9)) / math.log(rate) + 1e-9))
         levels = None
-        if o.max_face:  # keep levels up to the first whose smallest face exceeds max_face
-            levels, face = 1, self.window / s
-            while face <= o.max_face:
-                levels, face = levels + 1, face * PYRAMID_DOWN / (PYRAMID_DOWN - 1)
-        return _Plan(size, 0, (size[0] / nr, size[1] / nc), levels)
+        if o.max_face is not None:  # up to the first level whose faces pass max_face
+            levels = 1
+            while self.window * rate ** (first + levels - 1) <= o.max_face * gain:
+                levels += 1
+        return _Plan(size, (size[0] / nr, size[1] / nc) if reduce < 1 else (1.0, 1.0), up, first, levels)
 
     # --- running ---
     def __call__(self, images: list[np.ndarray], options: DetectOptions | None = None, **kw) -> list[list[Face]]:
@@ -363,8 +382,7 @@ class FaceDetector:
             if a.size:
                 groups.setdefault((a.shape[:2], self.plan(*a.shape[:2], o)), []).append(i)
         for ((nr, nc), plan), idx in groups.items():
-            sizes = level_sizes(*plan.size, plan.levels)
-            rects, NR, NC = tiled_layout(sizes, self.padding, self.outer)
+            rects, NR, NC = tiled_layout(plan.sizes()[1], self.padding, self.outer)
             step = max(1, min(o.batch, o.budget_px // max(1, NR * NC)))
             for k in range(0, len(idx), step):
                 chunk = idx[k:k + step]
@@ -374,21 +392,26 @@ class FaceDetector:
         return out
 
     def _working(self, batch: np.ndarray, plan: _Plan) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> float [B, 3, rows, cols] on the device: dlib's pyramid_up, or a resize."""
+        """uint8 [B, H, W, 3] -> float [B, 3, rows, cols] on the device: pyramid level 0 (the photo, reduced
+        to max_side by area averaging, or upsampled by dlib's pyramid_up)."""
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+        if plan.reduce != (1.0, 1.0):
+            x = F.interpolate(x, size=plan.size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 255)
         for _ in range(plan.upsample):
             size = pyramid_up_size(*x.shape[2:])
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=True).add_(1e-3).floor_()
-        if tuple(x.shape[2:]) != plan.size:
-            x = F.interpolate(x, size=plan.size, mode="bilinear", align_corners=False,
-                              antialias=plan.size[0] < x.shape[2]).clamp_(0, 255)
         return x
 
-    def pyramid(self, x: torch.Tensor, rects: list[Rect], shape: tuple[int, int]) -> torch.Tensor:
-        """input_rgb_image_pyramid: the tiled image of (x - mean) / 256 and its levels."""
+    def pyramid(self, x: torch.Tensor, plan: _Plan, rects: list[Rect], shape: tuple[int, int]) -> torch.Tensor:
+        """input_rgb_image_pyramid: (x - mean) / 256 and its levels, each resized from the one before
+        (bilinear, corners aligned); the searched levels tiled into one image."""
+        every, _ = plan.sizes()
+        level = (x - self.mean) / 256.0
+        for size in every[1: plan.first + 1]:  # levels below the first searched: computed, not tiled
+            level = F.interpolate(level, size=size, mode="bilinear", align_corners=True)
         t = torch.zeros((x.shape[0], 3, *shape), device=self.device)
         l0, t0, r0, b0 = rects[0]
-        t[:, :, t0:b0 + 1, l0:r0 + 1] = (x - self.mean) / 256.0
+        t[:, :, t0:b0 + 1, l0:r0 + 1] = level
         for (pl, pt, pr, pb), (l, tp, r, b) in zip(rects, rects[1:]):
             t[:, :, tp:b + 1, l:r + 1] = F.interpolate(t[:, :, pt:pb + 1, pl:pr + 1], size=(b - tp + 1, r - l + 1),
                                                        mode="bilinear", align_corners=True)
@@ -397,9 +420,9 @@ class FaceDetector:
     @torch.inference_mode()
     def _detect(self, batch, plan, rects, shape, threshold) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image: NMS-kept rects in the working image and their scores."""
-        if min(self.output_size(*shape)) < 1:  # too small for the net: nothing to find
+        if not rects or min(self.output_size(*shape)) < 1:  # too small for the net: nothing to find
             return [(np.zeros((0, 4), np.int64), np.zeros(0))] * len(batch)
-        x = self.pyramid(self._working(batch, plan), rects, shape).contiguous(memory_format=torch.channels_last)
+        x = self.pyramid(self._working(batch, plan), plan, rects, shape).contiguous(memory_format=torch.channels_last)
         if self.precision == "fp32":
             scores = self.model(x)
         else:
@@ -412,7 +435,7 @@ class FaceDetector:
         wh = np.array([(w, h) for w, h, _ in self.options.windows], np.float64)
         px, py = ax * hit[:, 3] + bx, ay * hit[:, 2] + by
         hw, hh = (wh[hit[:, 1], 0] - 1) / 2, (wh[hit[:, 1], 1] - 1) / 2  # centered_drect
-        boxes = to_rect(tiled_to_image(rects, np.stack([px - hw, py - hh, px + hw, py + hh], 1)))
+        boxes = to_rect(tiled_to_image(rects, np.stack([px - hw, py - hh, px + hw, py + hh], 1), plan.first))
         iou, covered = self.options.nms
         out = []
         for b in range(len(batch)):
@@ -425,8 +448,8 @@ class FaceDetector:
         nr, nc = size
         if plan.upsample:
             boxes = to_rect(rect_down2(boxes, plan.upsample))
-        elif plan.scale != (1.0, 1.0):  # pixel edges: working pixels l..r cover [l, r + 1) / s in the photo
-            sy, sx = plan.scale
+        elif plan.reduce != (1.0, 1.0):  # pixel edges: working pixels l..r cover [l, r + 1) / s in the photo
+            sy, sx = plan.reduce
             s = np.array([sx, sy, sx, sy])
             boxes = to_rect((boxes + [0, 0, 1, 1]) / s) - [0, 0, 1, 1]
         faces = []
