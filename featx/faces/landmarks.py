@@ -1,0 +1,290 @@
+"""dlib's shape predictor (Kazemi & Sullivan 2014: a cascade of regression-tree forests), read and run
+without dlib, in numpy, vectorised over the faces of an image.
+
+The file is dlib's `serialize(shape_predictor)` (dlib/image_processing/shape_predictor.h), in the
+encodings featx.importers.dlib_dat describes (every value is a dlib integer; a float is two of them):
+  version 1; initial_shape (matrix<float,0,1>: -rows, -1, then the values x0 y0 x1 y1 ...);
+  forests (one per cascade level, each a vector of trees; a tree: splits (idx1, idx2, thresh) in
+  breadth-first order, then leaf_values (matrices of 2*parts floats)); anchor_idx (per level, per feature
+  pixel: the initial-shape point it hangs on); deltas (per level, per feature pixel: x, y offsets).
+
+Prediction, as dlib's shape_predictor::operator()(img, rect): the shape lives in the box's normalised
+frame ((0,0) = the box's top-left corner, (1,1) its bottom-right, dlib's inclusive corners). At each level
+the feature pixels are moved by the similarity transform from the initial shape to the current one,
+mapped to the image, rounded to the nearest pixel (dlib's point conversion), and read as grey
+((r + g + b) // 3 for RGB, dlib's get_pixel_intensity; 0 outside the image). Each tree compares two
+feature pixels per node (f[idx1] - f[idx2] > thresh: left child) and adds its leaf to the shape, in
+float32, tree after tree. The parts dlib returns are rounded to whole pixels; `rounded=False` keeps the
+fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatxError
+from ..importers.dlib_dat import SPECIAL_EXPONENTS
+
+MAX_PARTS = 1000
+
+
+def _token_starts(data: bytes) -> np.ndarray:
+    """Offsets of the dlib integers that tile `data` (each: a control byte, then `ctrl & 15` bytes)."""
+    step = data.translate(bytes((b & 15) + 1 for b in range(256)))
+    n, pos, starts = len(data), 0, []
+    add = starts.append
+    while pos < n:
+        add(pos)
+        pos += step[pos]
+    return np.asarray(starts, np.int64)
+
+
+def decode_ints(data: bytes, what: str) -> np.ndarray:
+    """The whole file as dlib integers (int64), vectorised after one pass over the control bytes."""
+    starts = _token_starts(data)
+    buf = np.frombuffer(data + bytes(9), np.uint8)
+    ctrl = buf[starts]
+    length = (ctrl & 15).astype(np.int64)
+    bad = (length == 0) | (length > 8) | ((ctrl & 0x70) != 0)
+    if bad.any() or (starts[-1] + 1 + length[-1] if len(starts) else 0) != len(data):
+        at = int(starts[np.argmax(bad)]) if bad.any() else len(data)
+        raise FeatxError(f"{what}: bad dlib integer at byte {at} (not a dlib shape_predictor file?)")
+    vals = np.zeros(len(starts), np.uint64)
+    for j in range(8):
+        byte = buf[starts + 1 + j].astype(np.uint64)
+        vals |= np.where(j < length, byte, 0).astype(np.uint64) << np.uint64(8 * j)
+    if (vals > np.uint64(2**63 - 1)).any():
+        raise FeatxError(f"{what}: an integer over 63 bits (not a dlib shape_predictor file?)")
+    out = vals.astype(np.int64)
+    return np.where(ctrl & 0x80, -out, out)
+
+
+def floats(pairs: np.ndarray) -> np.ndarray:
+    """dlib floats from (mantissa, exponent) integer pairs -> float32."""
+    mant, expo = pairs[0::2].astype(np.float64), pairs[1::2]
+    special = np.isin(expo, list(SPECIAL_EXPONENTS))
+    out = np.ldexp(mant, np.where(special, 0, np.clip(expo, -1100, 1100)).astype(np.int64))
+    for e, v in SPECIAL_EXPONENTS.items():
+        out[expo == e] = v
+    return out.astype(np.float32)
+
+
+class _Cursor:
+    """Walks the integer stream with the shape_predictor layout; any misfit is one FeatxError line."""
+
+    def __init__(self, toks: np.ndarray, what: str):
+        self.t, self.pos, self.what = toks, 0, what
+
+    def fail(self, msg: str) -> FeatxError:
+        return FeatxError(f"{self.what}: {msg} (not a dlib shape_predictor file)")
+
+    def take(self, n: int) -> np.ndarray:
+        if n < 0 or self.pos + n > len(self.t):
+            raise self.fail("the file ends early")
+        out = self.t[self.pos: self.pos + n]
+        self.pos += n
+        return out
+
+    def count(self, limit: int, what: str) -> int:
+        n = int(self.take(1)[0])
+        if not 0 <= n <= limit:
+            raise self.fail(f"{what} of {n}")
+        return n
+
+    def column(self, what: str, rows: int | None = None) -> np.ndarray:
+        nr, nc = (int(v) for v in self.take(2))
+        if nc != -1 or nr > 0 or (rows is not None and -nr != rows):
+            raise self.fail(f"{what} is a {-nr}x{-nc} matrix, expected a column"
+                            + (f" of {rows}" if rows is not None else ""))
+        return floats(self.take(-2 * nr))
+
+
+@dataclass(frozen=True)
+class ShapeModel:
+    """A shape predictor's arrays (L levels, T trees per level, S splits and S+1 leaves per tree,
+    F feature pixels per level, P parts)."""
+
+    initial: np.ndarray  # (P, 2) float32, normalised box frame
+    idx1: np.ndarray  # (L, T, S) int64
+    idx2: np.ndarray  # (L, T, S) int64
+    thresh: np.ndarray  # (L, T, S) float32
+    leaves: np.ndarray  # (L, T, S + 1, P, 2) float32
+    anchor: np.ndarray  # (L, F) int64
+    deltas: np.ndarray  # (L, F, 2) float32
+
+    @property
+    def parts(self) -> int:
+        return self.initial.shape[0]
+
+    @property
+    def depth(self) -> int:
+        return int(np.log2(self.leaves.shape[2]))
+
+
+def _tree(c: _Cursor, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    n = c.count(1 << 20, "a tree with a split count")
+    split = c.take(4 * n).reshape(n, 4)  # idx1, idx2, thresh (mantissa, exponent)
+    if (split[:, :2] < 0).any():
+        raise c.fail("a negative split index")
+    n_leaves = c.count(1 << 21, "a tree with a leaf count")
+    if n_leaves != n + 1 or n_leaves & (n_leaves - 1):
+        raise c.fail(f"a tree with {n} splits and {n_leaves} leaves (dlib needs full trees)")
+    leaves = c.take(n_leaves * (2 + 4 * parts)).reshape(n_leaves, 2 + 4 * parts)
+    if (leaves[:, 0] != -2 * parts).any() or (leaves[:, 1] != -1).any():
+        raise c.fail(f"a leaf that is not a column of {2 * parts}")
+    return split, floats(leaves[:, 2:].reshape(-1)).reshape(n_leaves, parts, 2)
+
+
+def _forests(c: _Cursor, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    levels, splits, leaves = c.count(10_000, "a cascade of levels"), [], []
+    for _ in range(levels):
+        trees = [_tree(c, parts) for _ in range(c.count(1 << 20, "a level of trees"))]
+        if not trees or len({t[0].shape[0] for t in trees}) != 1:
+            raise c.fail("a level whose trees differ in depth (featx runs equal-depth trees)")
+        splits.append(np.stack([t[0] for t in trees]))
+        leaves.append(np.stack([t[1] for t in trees]))
+    if not levels or len({s.shape for s in splits}) != 1:
+        raise c.fail("levels of different sizes (featx runs equal-size levels)")
+    return np.stack(splits), np.stack(leaves)
+
+
+def _encoding(c: _Cursor, levels: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    if c.count(10_000, "anchor_idx of levels") != levels:
+        raise c.fail("anchor_idx and forests disagree on the number of levels")
+    anchor = [c.take(c.count(1 << 24, "a level of anchors")) for _ in range(levels)]
+    if c.count(10_000, "deltas of levels") != levels:
+        raise c.fail("deltas and forests disagree on the number of levels")
+    deltas = [floats(c.take(4 * c.count(1 << 24, "a level of deltas"))).reshape(-1, 2) for _ in range(levels)]
+    if len({len(a) for a in anchor} | {len(d) for d in deltas}) != 1:
+        raise c.fail("levels with different numbers of feature pixels")
+    anchor = np.stack(anchor)
+    if anchor.min(initial=0) < 0 or anchor.max(initial=0) >= parts:
+        raise c.fail("an anchor outside the shape")
+    return anchor, np.stack(deltas)
+
+
+def read_shape_model(data: bytes, what: str) -> ShapeModel:
+    """dlib's serialised shape_predictor -> its arrays; a file of another kind is one FeatxError line."""
+    if len(data) < 8:
+        raise FeatxError(f"{what}: {len(data)} bytes (not a dlib shape_predictor file)")
+    c = _Cursor(decode_ints(data, what), what)
+    if int(c.take(1)[0]) != 1:
+        raise c.fail("no shape_predictor version 1 at the start")
+    initial = c.column("the initial shape")
+    if not 0 < len(initial) <= 2 * MAX_PARTS or len(initial) % 2:
+        raise c.fail(f"an initial shape of {len(initial)} values")
+    parts = len(initial) // 2
+    split, leaves = _forests(c, parts)
+    anchor, deltas = _encoding(c, split.shape[0], parts)
+    if c.pos != len(c.t):
+        raise c.fail(f"{len(c.t) - c.pos} values left after the last level")
+    idx = split[..., :2]
+    if idx.max(initial=0) >= anchor.shape[1]:
+        raise c.fail("a split on a feature pixel the level does not have")
+    thresh = floats(split[..., 2:].reshape(-1)).reshape(split.shape[:-1])
+    return ShapeModel(initial.reshape(parts, 2), idx[..., 0].copy(), idx[..., 1].copy(), thresh,
+                      leaves, anchor, deltas)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity (no reflection) taking src (P, 2) to each dst (n, P, 2), in float64:
+    the same transform as dlib's find_similarity_transform (Umeyama), in closed form for 2-d.
+    Returns M (n, 2, 2) and t (n, 2) with dst ~ src @ M.T + t."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(1)
+    s, d = src - ms, dst - md[:, None]
+    var = (s ** 2).sum()
+    if var == 0:
+        m = np.broadcast_to(np.eye(2), (len(dst), 2, 2)).copy()
+    else:
+        a = (s[None, :, 0] * d[..., 0] + s[None, :, 1] * d[..., 1]).sum(1) / var
+        b = (s[None, :, 0] * d[..., 1] - s[None, :, 1] * d[..., 0]).sum(1) / var
+        m = np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], 1)
+    return m, md - np.einsum("nij,j->ni", m, ms)
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """dlib's intensity of an RGB uint8 image: (r + g + b) // 3 (a 2-d uint8 image is already grey)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise FeatxError(f"landmarks need an HxWx3 (or HxW) uint8 image, got {image.dtype} {image.shape}")
+    if image.ndim == 2:
+        return image
+    return (image.astype(np.uint16).sum(2) // 3).astype(np.uint8)
+
+
+def dlib_round(x: np.ndarray) -> np.ndarray:
+    """dlib's float -> integer point conversion: floor(x + 0.5)."""
+    return np.floor(np.asarray(x, np.float64) + 0.5)
+
+
+def as_boxes(boxes) -> np.ndarray:
+    """(n, 4) left, top, right, bottom, dlib's inclusive pixel corners, as whole pixels (dlib's
+    drectangle -> rectangle conversion rounds half away from zero)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise FeatxError("face boxes must be finite numbers")
+    return np.sign(b) * np.floor(np.abs(b) + 0.5)
+
+
+class ShapePredictor:
+    """`ShapePredictor.from_file(dat)(image, boxes)` -> (n, parts, 2) x, y image coordinates."""
+
+    def __init__(self, model: ShapeModel):
+        self.model = model
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ShapePredictor":
+        path = Path(path)
+        if not path.is_file():
+            raise FeatxError(f"{path}: no such shape predictor file")
+        return cls(read_shape_model(path.read_bytes(), path.name))
+
+    @property
+    def parts(self) -> int:
+        return self.model.parts
+
+    def __call__(self, image: np.ndarray, boxes, rounded: bool = True) -> np.ndarray:
+        g = grey(image)
+        box = as_boxes(boxes)
+        shape = self.normalised(g, box)
+        scale = np.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)[:, None]
+        pts = box[:, None, :2] + shape.astype(np.float64) * scale
+        return dlib_round(pts) if rounded else pts
+
+    def normalised(self, g: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The cascade on grey image `g` for whole-pixel boxes (n, 4): (n, parts, 2) float32 in each box's
+        normalised frame."""
+        m, n = self.model, len(box)
+        cur = np.broadcast_to(m.initial, (n, m.parts, 2)).astype(np.float32)
+        if n == 0:
+            return cur
+        origin = box[:, None, :2]
+        scale = np.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)[:, None]
+        rows = np.arange(n)[:, None]
+        for level in range(m.idx1.shape[0]):
+            tform = similarity(m.initial, cur)[0].astype(np.float32)
+            moved = np.einsum("nij,fj->nfi", tform, m.deltas[level]) + cur[:, m.anchor[level]]
+            feats = pixel_values(g, dlib_round(origin + moved.astype(np.float64) * scale))
+            node = np.zeros((n, m.idx1.shape[1]), np.int64)
+            trees = np.arange(m.idx1.shape[1])[None]
+            for _ in range(m.depth):
+                i1, i2 = m.idx1[level][trees, node], m.idx2[level][trees, node]
+                go_left = feats[rows, i1] - feats[rows, i2] > m.thresh[level][trees, node]
+                node = np.where(go_left, 2 * node + 1, 2 * node + 2)
+            leaf = m.leaves[level][trees, node - m.idx1.shape[2]]  # (n, T, parts, 2)
+            steps = np.concatenate([cur[:, None], leaf], 1)
+            cur = np.cumsum(steps, axis=1, dtype=np.float32)[:, -1]  # dlib adds tree after tree, in float
+        return cur
+
+
+def pixel_values(g: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Grey values at whole-pixel points (..., 2) as float32; 0 outside the image (dlib's rule)."""
+    x, y = pts[..., 0], pts[..., 1]
+    h, w = g.shape
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    xi, yi = np.where(inside, x, 0).astype(np.int64), np.where(inside, y, 0).astype(np.int64)
+    return np.where(inside, g[yi, xi], 0).astype(np.float32)
