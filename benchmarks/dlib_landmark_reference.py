@@ -40,7 +40,7 @@ import numpy as np
 
 PHOTOS = ("images/100_1_0_20170110183726390.jpg.chip.jpg", "images/10_0_0_20170103233459275.jpg.chip.jpg")
 ROTATIONS = {"rot+19": (35, 12, 37), "rot-25": (77, -36, 85)}  # cos, sin, hypotenuse (Pythagorean triples)
-BORDER_BOX = (-97, -16, 110, 190)  # the border frame's box where HOG finds none: the photo's HOG box moved by (-70, +10)
+BORDER_BOX = (-97, -16, 110, 190)  # the border frame: HOG finds none; the photo's HOG box moved by (-70, +10)
 
 
 def background(h: int, w: int) -> np.ndarray:

@@ -146,6 +146,14 @@ def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path):
     # the trees did branch on the pixels: another image moves the points
     assert np.abs(sp(255 - img, boxes, rounded=False) - raw).max() > 0.05
     assert sp(img, np.zeros((0, 4))).shape == (0, 5, 2)
+    # several images of different sizes in one pass: each face reads its own image
+    other = rng.integers(0, 256, (45, 33, 3), dtype=np.uint8)
+    out = sp.many([other, img, other], [[(3, 4, 30, 40)], np.zeros((0, 4)), boxes], rounded=False)
+    assert [len(o) for o in out] == [1, 0, 3]
+    assert np.array_equal(out[0], sp(other, [(3, 4, 30, 40)], rounded=False))
+    assert np.allclose(out[2][0], slow_predict(m, other, boxes[0]), atol=1e-3)
+    with pytest.raises(FeatxError, match="2 images but 1"):
+        sp.many([img, img], [boxes])
 
 
 def test_grey_is_dlibs_and_outside_is_zero():
@@ -189,6 +197,8 @@ def test_wrong_files_are_one_line(tmp_path):
             fl.ShapePredictor.from_file(p)
         msg = str(e.value)
         assert "\n" not in msg and name in msg and "shape_predictor" in msg, msg
+        if name == "resnet.dat":
+            assert "a dlib network ('loss_metric_')" in msg
     with pytest.raises(FeatxError, match="no such"):
         fl.ShapePredictor.from_file(tmp_path / "absent.dat")
 

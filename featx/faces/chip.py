@@ -154,15 +154,15 @@ def bilinear(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     h, w = src.shape[:2]
     left, top = np.floor(x), np.floor(y)
     ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    li, ti = np.where(ok, left, 0).astype(np.int64), np.where(ok, top, 0).astype(np.int64)
-    lr, tb = (x - left)[..., None], (y - top)[..., None]
-    a = src.astype(np.float64)
     if not ok.any():
         return np.zeros(x.shape + src.shape[2:], np.uint8)
-    tl, tr = a[ti, li], a[ti, np.minimum(li + 1, w - 1)]
-    bl, br = a[np.minimum(ti + 1, h - 1), li], a[np.minimum(ti + 1, h - 1), np.minimum(li + 1, w - 1)]
+    at = np.where(ok, top * w + left, 0).astype(np.int64)
+    flat = src.reshape(h * w, -1)
+    lr, tb = (x - left)[..., None], (y - top)[..., None]
+    tl, tr = flat[at].astype(np.float64), flat[at + ok].astype(np.float64)
+    bl, br = flat[at + w * ok].astype(np.float64), flat[at + (w + 1) * ok].astype(np.float64)
     v = (1 - tb) * ((1 - lr) * tl + lr * tr) + tb * ((1 - lr) * bl + lr * br)
-    return np.where(ok[..., None], v, 0).astype(np.uint8)
+    return np.where(ok[..., None], v, 0).astype(np.uint8).reshape(x.shape + src.shape[2:])
 
 
 def _plain_copy(img: np.ndarray, d: ChipDetails) -> np.ndarray:

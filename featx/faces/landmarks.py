@@ -166,10 +166,22 @@ def _encoding(c: _Cursor, levels: int, parts: int) -> tuple[np.ndarray, np.ndarr
     return anchor, np.stack(deltas)
 
 
+def _check_start(head: bytes, what: str) -> None:
+    """Tell another kind of file from its first bytes, before decoding all of it."""
+    starts = _token_starts(head)[:3]
+    toks = decode_ints(head[: int(starts[-1])], what) if len(starts) == 3 else []
+    if len(toks) >= 2 and toks[0] == 1 and toks[1] > 0:  # a string after the version: a dlib network
+        name = head[starts[2]: starts[2] + min(int(toks[1]), 40)].decode("latin-1")
+        raise FeatxError(f"{what}: a dlib network ({name!r}), not a dlib shape_predictor file")
+    if len(toks) < 2 or toks[0] != 1 or toks[1] >= 0:
+        raise FeatxError(f"{what}: does not start as a dlib shape_predictor (version 1, initial shape)")
+
+
 def read_shape_model(data: bytes, what: str) -> ShapeModel:
     """dlib's serialised shape_predictor -> its arrays; a file of another kind is one FeatxError line."""
     if len(data) < 8:
         raise FeatxError(f"{what}: {len(data)} bytes (not a dlib shape_predictor file)")
+    _check_start(data[:64], what)
     c = _Cursor(decode_ints(data, what), what)
     if int(c.take(1)[0]) != 1:
         raise c.fail("no shape_predictor version 1 at the start")
@@ -248,15 +260,27 @@ class ShapePredictor:
         return self.model.parts
 
     def __call__(self, image: np.ndarray, boxes, rounded: bool = True) -> np.ndarray:
-        g = grey(image)
-        box = as_boxes(boxes)
-        shape = self.normalised(g, box)
-        scale = np.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)[:, None]
-        pts = box[:, None, :2] + shape.astype(np.float64) * scale
-        return dlib_round(pts) if rounded else pts
+        """The faces in `boxes` (n, 4) of one image -> (n, parts, 2)."""
+        return self.many([image], [boxes], rounded)[0]
 
-    def normalised(self, g: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """The cascade on grey image `g` for whole-pixel boxes (n, 4): (n, parts, 2) float32 in each box's
+    def many(self, images: list[np.ndarray], boxes: list, rounded: bool = True) -> list[np.ndarray]:
+        """Faces of several images in one vectorised pass: boxes[i] (n_i, 4) are image i's faces."""
+        if len(images) != len(boxes):
+            raise FeatxError(f"{len(images)} images but {len(boxes)} lists of face boxes")
+        greys, box = [grey(im) for im in images], [as_boxes(b) for b in boxes]
+        counts = [len(b) for b in box]
+        sizes = np.array([g.size for g in greys], np.int64)
+        frames = Frames(np.concatenate([g.reshape(-1) for g in greys]) if greys else np.zeros(0, np.uint8),
+                        *(np.repeat(v, counts) for v in (np.cumsum(sizes) - sizes,
+                                                          [g.shape[0] for g in greys], [g.shape[1] for g in greys])))
+        allbox = np.concatenate(box) if box else np.zeros((0, 4))
+        shape = self.normalised(frames, allbox)
+        scale = np.stack([allbox[:, 2] - allbox[:, 0], allbox[:, 3] - allbox[:, 1]], -1)[:, None]
+        pts = allbox[:, None, :2] + shape.astype(np.float64) * scale
+        return np.split(dlib_round(pts) if rounded else pts, np.cumsum(counts)[:-1])
+
+    def normalised(self, frames: "Frames", box: np.ndarray) -> np.ndarray:
+        """The cascade for whole-pixel boxes (n, 4), face i in frame i: (n, parts, 2) float32 in each box's
         normalised frame."""
         m, n = self.model, len(box)
         cur = np.broadcast_to(m.initial, (n, m.parts, 2)).astype(np.float32)
@@ -264,27 +288,45 @@ class ShapePredictor:
             return cur
         origin = box[:, None, :2]
         scale = np.stack([box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]], -1)[:, None]
-        rows = np.arange(n)[:, None]
+        feat_base = np.arange(n)[:, None] * m.anchor.shape[1]
+        trees, n_splits = m.idx1.shape[1], m.idx1.shape[2]
+        tree_base = np.arange(trees)[None] * n_splits
+        leaf_base = np.arange(trees)[None] * (n_splits + 1) - n_splits
         for level in range(m.idx1.shape[0]):
             tform = similarity(m.initial, cur)[0].astype(np.float32)
             moved = np.einsum("nij,fj->nfi", tform, m.deltas[level]) + cur[:, m.anchor[level]]
-            feats = pixel_values(g, dlib_round(origin + moved.astype(np.float64) * scale))
-            node = np.zeros((n, m.idx1.shape[1]), np.int64)
-            trees = np.arange(m.idx1.shape[1])[None]
+            feats = frames.values(dlib_round(origin + moved.astype(np.float64) * scale)).reshape(-1)
+            i1, i2, th = m.idx1[level].reshape(-1), m.idx2[level].reshape(-1), m.thresh[level].reshape(-1)
+            node = np.zeros((n, trees), np.int64)
             for _ in range(m.depth):
-                i1, i2 = m.idx1[level][trees, node], m.idx2[level][trees, node]
-                go_left = feats[rows, i1] - feats[rows, i2] > m.thresh[level][trees, node]
-                node = np.where(go_left, 2 * node + 1, 2 * node + 2)
-            leaf = m.leaves[level][trees, node - m.idx1.shape[2]]  # (n, T, parts, 2)
+                at = tree_base + node
+                go_left = feats[feat_base + i1[at]] - feats[feat_base + i2[at]] > th[at]
+                node = 2 * node + 2 - go_left
+            leaf = m.leaves[level].reshape(-1, m.parts, 2)[leaf_base + node]  # (n, T, parts, 2)
             steps = np.concatenate([cur[:, None], leaf], 1)
             cur = np.cumsum(steps, axis=1, dtype=np.float32)[:, -1]  # dlib adds tree after tree, in float
         return cur
 
 
+@dataclass(frozen=True)
+class Frames:
+    """Grey images laid end to end (flat uint8) and, per face, its image's start, height and width."""
+
+    flat: np.ndarray
+    start: np.ndarray
+    h: np.ndarray
+    w: np.ndarray
+
+    def values(self, pts: np.ndarray) -> np.ndarray:
+        """Grey values at whole-pixel points (n, F, 2), face i's in its image, float32; 0 outside."""
+        x, y = pts[..., 0], pts[..., 1]
+        h, w = self.h[:, None], self.w[:, None]
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        at = np.where(inside, self.start[:, None] + y * w + x, 0).astype(np.int64)
+        return np.where(inside, self.flat[at] if len(self.flat) else 0, 0).astype(np.float32)
+
+
 def pixel_values(g: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Grey values at whole-pixel points (..., 2) as float32; 0 outside the image (dlib's rule)."""
-    x, y = pts[..., 0], pts[..., 1]
-    h, w = g.shape
-    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-    xi, yi = np.where(inside, x, 0).astype(np.int64), np.where(inside, y, 0).astype(np.int64)
-    return np.where(inside, g[yi, xi], 0).astype(np.float32)
+    """Grey values of one image at whole-pixel points (F, 2) as float32; 0 outside the image (dlib's rule)."""
+    one = np.ones(1, np.int64)
+    return Frames(g.reshape(-1), 0 * one, g.shape[0] * one, g.shape[1] * one).values(np.asarray(pts)[None])[0]
