@@ -157,12 +157,17 @@ def bilinear(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if not ok.any():
         return np.zeros(x.shape + src.shape[2:], np.uint8)
     at = np.where(ok, top * w + left, 0).astype(np.int64)
-    flat = src.reshape(h * w, -1)
-    lr, tb = (x - left)[..., None], (y - top)[..., None]
-    tl, tr = flat[at].astype(np.float64), flat[at + ok].astype(np.float64)
-    bl, br = flat[at + w * ok].astype(np.float64), flat[at + (w + 1) * ok].astype(np.float64)
-    v = (1 - tb) * ((1 - lr) * tl + lr * tr) + tb * ((1 - lr) * bl + lr * br)
-    return np.where(ok[..., None], v, 0).astype(np.uint8).reshape(x.shape + src.shape[2:])
+    planes = np.ascontiguousarray(np.moveaxis(src.reshape(h * w, -1), 1, 0))  # (channels, h * w)
+    lr, tb = x - left, y - top
+    ml, mt = 1 - lr, 1 - tb
+
+    def near(step):
+        return np.take(planes, at + step * ok, axis=1).astype(np.float64)
+
+    tl, tr, bl, br = near(0), near(1), near(w), near(w + 1)
+    v = mt * (ml * tl + lr * tr) + tb * (ml * bl + lr * br)  # dlib's order of operations, in double
+    out = np.moveaxis(np.where(ok, v, 0).astype(np.uint8), 0, -1)
+    return out.reshape(x.shape + src.shape[2:])
 
 
 def _plain_copy(img: np.ndarray, d: ChipDetails) -> np.ndarray:
