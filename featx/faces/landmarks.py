@@ -294,7 +294,9 @@ class ShapePredictor:
         leaf_base = np.arange(trees)[None] * (n_splits + 1) - n_splits
         for level in range(m.idx1.shape[0]):
             tform = similarity(m.initial, cur)[0].astype(np.float32)
-            moved = np.einsum("nij,fj->nfi", tform, m.deltas[level]) + cur[:, m.anchor[level]]
+            dx, dy = m.deltas[level][None, :, 0], m.deltas[level][None, :, 1]
+            moved = np.stack([tform[:, 0, :1] * dx + tform[:, 0, 1:] * dy,
+                              tform[:, 1, :1] * dx + tform[:, 1, 1:] * dy], -1) + cur[:, m.anchor[level]]
             feats = frames.values(dlib_round(origin + moved.astype(np.float64) * scale)).reshape(-1)
             i1, i2, th = m.idx1[level].reshape(-1), m.idx2[level].reshape(-1), m.thresh[level].reshape(-1)
             node = np.zeros((n, trees), np.int64)
