@@ -7,8 +7,8 @@ The first N photos of ../shared/data/utkface (decoded once, not timed), one fixe
 167: UTKFace chips are aligned, so dlib's HOG detector finds about that box). Timed: featx's landmarks
 one face per call and all faces in one call (ShapePredictor.many), and featx's 150 px, padding 0.25 chip;
 then, in a subprocess of --dlib-python, dlib.shape_predictor and dlib.get_face_chip on the same photos
-and boxes. Wall time, best of --repeats, one thread each (OMP/MKL/OpenBLAS set to 1); also checks the
-two agree (points equal, chips within one grey level).
+and boxes, the two interleaved repeat by repeat. CPU time (process_time), best of --repeats, one thread
+each (OMP/MKL/OpenBLAS set to 1); also checks the two agree (points equal, chips within one grey level).
 """
 
 from __future__ import annotations
@@ -31,36 +31,41 @@ from PIL import Image
 args = json.loads(sys.argv[1])
 imgs = [np.asarray(Image.open(p).convert("RGB")) for p in args["paths"]]
 sp, box = dlib.shape_predictor(args["dat"]), dlib.rectangle(*args["box"])
-best_l = best_c = 1e9
-for _ in range(args["repeats"]):
-    t0 = time.perf_counter(); shapes = [sp(a, box) for a in imgs]; t1 = time.perf_counter()
-    chips = [dlib.get_face_chip(a, s, 150, 0.25) for a, s in zip(imgs, shapes)]; t2 = time.perf_counter()
-    best_l, best_c = min(best_l, t1 - t0), min(best_c, t2 - t1)
+t0 = time.process_time(); shapes = [sp(a, box) for a in imgs]; t1 = time.process_time()
+chips = [dlib.get_face_chip(a, s, 150, 0.25) for a, s in zip(imgs, shapes)]; t2 = time.process_time()
+best_l, best_c = t1 - t0, t2 - t1
 np.save(args["chips"], np.stack(chips))
 print(json.dumps({"landmarks": best_l, "chips": best_c,
                   "points": [[[s.part(i).x, s.part(i).y] for i in range(5)] for s in shapes]}))
 """
 
 
-def featx_times(imgs: list[np.ndarray], dat: str, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def featx_times(sp, imgs: list[np.ndarray], best: dict) -> tuple[np.ndarray, np.ndarray]:
     from featx.faces.chip import DLIB_RESNET_CHIP, cut
-    from featx.faces.landmarks import ShapePredictor
 
-    t0 = time.perf_counter()
-    sp = ShapePredictor.from_file(dat)
-    best = {"load": time.perf_counter() - t0, "landmarks_one": 1e9, "landmarks_many": 1e9, "chips": 1e9}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for a in imgs:
-            sp(a, [BOX])
-        t1 = time.perf_counter()
-        pts = sp.many(imgs, [[BOX]] * len(imgs))
-        t2 = time.perf_counter()
-        chips = [cut(a, DLIB_RESNET_CHIP, shape5=p[0]) for a, p in zip(imgs, pts)]
-        t3 = time.perf_counter()
-        for k, v in (("landmarks_one", t1 - t0), ("landmarks_many", t2 - t1), ("chips", t3 - t2)):
-            best[k] = min(best[k], v)
-    return best, np.stack([p[0] for p in pts]), np.stack(chips)
+    t0 = time.process_time()
+    for a in imgs:
+        sp(a, [BOX])
+    t1 = time.process_time()
+    pts = sp.many(imgs, [[BOX]] * len(imgs))
+    t2 = time.process_time()
+    chips = [cut(a, DLIB_RESNET_CHIP, shape5=p[0]) for a, p in zip(imgs, pts)]
+    t3 = time.process_time()
+    for k, v in (("landmarks_one", t1 - t0), ("landmarks_many", t2 - t1), ("chips", t3 - t2)):
+        best[k] = min(best.get(k, 1e9), v)
+    return np.stack([p[0] for p in pts]), np.stack(chips)
+
+
+def dlib_times(python: str, paths: list[str], dat: str, best: dict) -> tuple[np.ndarray, np.ndarray]:
+    out = Path("/tmp") / f"landmark_speed_{os.getpid()}.npy"
+    job = {"paths": paths, "dat": dat, "box": BOX, "chips": str(out)}
+    res = json.loads(subprocess.run([python, "-c", DLIB, json.dumps(job)], check=True,
+                                    capture_output=True, text=True).stdout)
+    chips = np.load(out)
+    out.unlink()
+    for k in ("landmarks", "chips"):
+        best[k] = min(best.get(k, 1e9), res[k])
+    return np.array(res["points"]), chips
 
 
 def main() -> None:
@@ -76,23 +81,26 @@ def main() -> None:
     paths = sorted(str(p) for p in (Path(args.shared) / "utkface" / "images").glob("*.jpg"))[: args.photos]
     imgs = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     n = len(imgs)
-    ours, pts, chips = featx_times(imgs, args.dat, args.repeats)
-    print(f"featx: load {ours['load']:.2f} s; landmarks {1e3 * ours['landmarks_one'] / n:.2f} ms/face one per call, "
+    from featx.faces.landmarks import ShapePredictor
+
+    t0 = time.process_time()
+    sp = ShapePredictor.from_file(args.dat)
+    load, ours, theirs = time.process_time() - t0, {}, {}
+    for _ in range(args.repeats):  # interleaved, so both see the same load on a shared machine
+        pts, chips = featx_times(sp, imgs, ours)
+        if args.dlib_python:
+            their_pts, their_chips = dlib_times(args.dlib_python, paths, args.dat, theirs)
+    print(f"featx: load {load:.2f} s; landmarks {1e3 * ours['landmarks_one'] / n:.2f} ms/face one per call, "
           f"{1e3 * ours['landmarks_many'] / n:.2f} ms/face in one call; chip {1e3 * ours['chips'] / n:.2f} ms/face "
-          f"({n} photos, 200x200, best of {args.repeats})")
+          f"({n} photos, 200x200, CPU time, best of {args.repeats})")
     if not args.dlib_python:
         return
-    out = Path("/tmp") / f"landmark_speed_{os.getpid()}.npy"
-    job = {"paths": paths, "dat": args.dat, "box": BOX, "repeats": args.repeats, "chips": str(out)}
-    res = json.loads(subprocess.run([args.dlib_python, "-c", DLIB, json.dumps(job)], check=True,
-                                    capture_output=True, text=True).stdout)
-    theirs = np.load(out)
-    out.unlink()
-    same = int((np.abs(pts - np.array(res["points"])).max((1, 2)) == 0).sum())
-    diff = np.abs(chips.astype(int) - theirs.astype(int)).max()
-    print(f"dlib:  landmarks {1e3 * res['landmarks'] / n:.2f} ms/face, chip {1e3 * res['chips'] / n:.2f} ms/face; "
-          f"featx / dlib time: landmarks {ours['landmarks_one'] / res['landmarks']:.1f}x one per call, "
-          f"{ours['landmarks_many'] / res['landmarks']:.1f}x batched; chip {ours['chips'] / res['chips']:.1f}x")
+    same = int((np.abs(pts - their_pts).max((1, 2)) == 0).sum())
+    diff = np.abs(chips.astype(int) - their_chips.astype(int)).max()
+    print(f"dlib:  landmarks {1e3 * theirs['landmarks'] / n:.2f} ms/face, "
+          f"chip {1e3 * theirs['chips'] / n:.2f} ms/face; featx / dlib time: "
+          f"landmarks {ours['landmarks_one'] / theirs['landmarks']:.1f}x one per call, "
+          f"{ours['landmarks_many'] / theirs['landmarks']:.1f}x batched; chip {ours['chips'] / theirs['chips']:.1f}x")
     print(f"agreement: {same}/{n} faces with dlib's very points; chips differ by at most {diff} grey level(s)")
     sys.exit(0 if same == n and diff <= 1 else 1)
 

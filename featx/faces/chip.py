@@ -154,15 +154,15 @@ def bilinear(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     h, w = src.shape[:2]
     left, top = np.floor(x), np.floor(y)
     ok = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    if not ok.any():
+    if not ok.any():  # also every src smaller than 2x2
         return np.zeros(x.shape + src.shape[2:], np.uint8)
     at = np.where(ok, top * w + left, 0).astype(np.int64)
     planes = np.ascontiguousarray(np.moveaxis(src.reshape(h * w, -1), 1, 0))  # (channels, h * w)
     lr, tb = x - left, y - top
     ml, mt = 1 - lr, 1 - tb
 
-    def near(step):
-        return np.take(planes, at + step * ok, axis=1).astype(np.float64)
+    def near(step):  # at + step stays inside src: where not ok, at is 0 and src is at least 2x2
+        return np.take(planes, at + step, axis=1).astype(np.float64)
 
     tl, tr, bl, br = near(0), near(1), near(w), near(w + 1)
     v = mt * (ml * tl + lr * tr) + tb * (ml * bl + lr * br)  # dlib's order of operations, in double
