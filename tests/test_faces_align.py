@@ -155,6 +155,8 @@ def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path):
     assert np.allclose(out[2][0], slow_predict(m, other, boxes[0]), atol=1e-3)
     with pytest.raises(FeatxError, match="2 images but 1"):
         sp.many([img, img], [boxes])
+    with pytest.raises(FeatxError, match="right <= left"):
+        sp(img, [(10, 5, 10, 44)])
 
 
 def test_grey_is_dlibs_and_outside_is_zero():

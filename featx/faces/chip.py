@@ -11,8 +11,8 @@
       `margin` times its side (half on each side), squared about its centre on the longer side, resampled
       to size x size, unrotated; outside the photo is black (facenet's crop clips to the photo and
       stretches instead). facenet.casia: Chip("box", 160, margin=0.32) (davidsandberg/facenet aligns its
-      evaluation sets with MTCNN boxes and a 32-pixel margin at 160 pixels, about 0.32 of a face's box in
-      a 250x250 LFW frame); VGG16 releases: Chip("box", 224, margin=0.3) (VGGFace2's "bounding box
+      evaluation sets with MTCNN boxes plus 32 source pixels (16 a side), resized to 160; MTCNN's boxes in
+      LFW's 250x250 frames are about 100 px, so about 0.32 of the box); VGG16 releases: Chip("box", 224, margin=0.3) (VGGFace2's "bounding box
       extended by a factor of 0.3 to include the whole head"). A detector whose boxes are tighter or
       looser than MTCNN's needs its own margin; these are starting values, to be calibrated.
 
@@ -93,8 +93,8 @@ def face_chip_details(shape5, size: int = 150, padding: float = 0.25) -> ChipDet
     angle = float(np.arctan2(m[1, 0], m[0, 0]))
     scale = float(np.sqrt(m[0, 0] ** 2 + m[1, 0] ** 2))
     cx, cy = m @ np.array([size / 2.0, size / 2.0]) + t
-    half_w, half_h = (size * scale - 1) / 2, (size * scale - 1) / 2  # dlib's centered_drect
-    return ChipDetails((cx - half_w, cy - half_h, cx + half_w, cy + half_h), angle, size, size)
+    half = (size * scale - 1) / 2  # dlib's centered_drect: width and height size * scale, inclusive
+    return ChipDetails((cx - half, cy - half, cx + half, cy + half), angle, size, size)
 
 
 def box_chip_details(box, size: int, margin: float) -> ChipDetails:

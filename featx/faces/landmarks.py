@@ -94,11 +94,11 @@ class _Cursor:
             raise self.fail(f"{what} of {n}")
         return n
 
-    def column(self, what: str, rows: int | None = None) -> np.ndarray:
+    def column(self, what: str) -> np.ndarray:
+        """A matrix<float,0,1>: -rows, -1, then the values."""
         nr, nc = (int(v) for v in self.take(2))
-        if nc != -1 or nr > 0 or (rows is not None and -nr != rows):
-            raise self.fail(f"{what} is a {-nr}x{-nc} matrix, expected a column"
-                            + (f" of {rows}" if rows is not None else ""))
+        if nc != -1 or nr > 0:
+            raise self.fail(f"{what} is a {-nr}x{-nc} matrix, expected a column")
         return floats(self.take(-2 * nr))
 
 
@@ -239,7 +239,11 @@ def as_boxes(boxes) -> np.ndarray:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     if not np.isfinite(b).all():
         raise FeatxError("face boxes must be finite numbers")
-    return np.sign(b) * np.floor(np.abs(b) + 0.5)
+    b = np.sign(b) * np.floor(np.abs(b) + 0.5)
+    flat = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if flat.any():
+        raise FeatxError(f"face box {b[flat][0].tolist()} has right <= left or bottom <= top")
+    return b
 
 
 class ShapePredictor:
