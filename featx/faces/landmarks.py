@@ -2,7 +2,8 @@
 without dlib, in numpy, vectorised over the faces of an image.
 
 The file is dlib's `serialize(shape_predictor)` (dlib/image_processing/shape_predictor.h), in the
-encodings featx.importers.dlib_dat describes (every value is a dlib integer; a float is two of them):
+encodings featx.importers.dlib_dat describes and reads for the ResNet (every value is a dlib integer; a
+float is two of them):
   version 1; initial_shape (matrix<float,0,1>: -rows, -1, then the values x0 y0 x1 y1 ...);
   forests (one per cascade level, each a vector of trees; a tree: splits (idx1, idx2, thresh) in
   breadth-first order, then leaf_values (matrices of 2*parts floats)); anchor_idx (per level, per feature
@@ -20,26 +21,29 @@ fractions.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FeatxError
-from ..importers.dlib_dat import SPECIAL_EXPONENTS
 
 MAX_PARTS = 1000
+# dlib's float exponents that stand for +inf, -inf, NaN (as featx.importers.dlib_dat reads them; that
+# package imports torch, which this stage does not need)
+SPECIAL_EXPONENTS = {32000: np.inf, 32001: -np.inf, 32002: np.nan}
 
 
 def _token_starts(data: bytes) -> np.ndarray:
     """Offsets of the dlib integers that tile `data` (each: a control byte, then `ctrl & 15` bytes)."""
     step = data.translate(bytes((b & 15) + 1 for b in range(256)))
-    n, pos, starts = len(data), 0, []
+    n, pos, starts = len(data), 0, array("q")  # 8 bytes an entry, not a Python int's 36
     add = starts.append
     while pos < n:
         add(pos)
         pos += step[pos]
-    return np.asarray(starts, np.int64)
+    return np.frombuffer(starts, np.int64) if starts else np.zeros(0, np.int64)
 
 
 def decode_ints(data: bytes, what: str) -> np.ndarray:
