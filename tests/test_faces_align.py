@@ -126,7 +126,7 @@ def slow_predict(m: dict, image: np.ndarray, box) -> np.ndarray:
     return np.array([to_img(p.astype(np.float64)) for p in cur])
 
 
-def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path):
+def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path, monkeypatch):
     m = tiny_model()
     path = tmp_path / "tiny_sp.dat"
     path.write_bytes(write_dat(m))
@@ -157,16 +157,23 @@ def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path):
         sp.many([img, img], [boxes])
     with pytest.raises(FeatxError, match="right <= left"):
         sp(img, [(10, 5, 10, 44)])
+    # big photos are read only where sampled (no whole grey copy): the same answers, colour or grey
+    grey_img = img[..., 0]
+    small_path = sp.many([img, grey_img], [boxes, boxes], rounded=False)
+    monkeypatch.setattr(fl, "BIG", 0)
+    assert all(np.array_equal(a, b) for a, b in zip(sp.many([img, grey_img], [boxes, boxes], rounded=False),
+                                                      small_path))
+    assert not np.array_equal(small_path[0], small_path[1])
 
 
 def test_grey_is_dlibs_and_outside_is_zero():
     img = np.array([[[255, 255, 254], [1, 1, 0]], [[0, 0, 2], [10, 20, 31]]], np.uint8)
-    g = fl.grey(img)
-    assert g.tolist() == [[254, 0], [0, 20]]  # (r + g + b) // 3
+    assert fl.grey(img).tolist() == [[254, 0], [0, 20]]  # (r + g + b) // 3
     pts = np.array([[0, 0], [1, 1], [-1, 0], [2, 0], [0, 2]], np.float64)
-    assert fl.pixel_values(g, pts).tolist() == [254, 20, 0, 0, 0]
-    with pytest.raises(FeatxError):
-        fl.grey(img.astype(np.float32))
+    assert fl.pixel_values(img, pts).tolist() == [254, 20, 0, 0, 0]
+    assert fl.pixel_values(img[..., 1], pts).tolist() == [255, 20, 0, 0, 0]  # a grey image as it is
+    with pytest.raises(FeatxError, match="uint8"):
+        fl.pixel_values(img.astype(np.float32), pts)
 
 
 def test_similarity_is_dlibs_umeyama():

@@ -12,9 +12,10 @@
       to size x size, unrotated; outside the photo is black (facenet's crop clips to the photo and
       stretches instead). facenet.casia: Chip("box", 160, margin=0.32) (davidsandberg/facenet aligns its
       evaluation sets with MTCNN boxes plus 32 source pixels (16 a side), resized to 160; MTCNN's boxes in
-      LFW's 250x250 frames are about 100 px, so about 0.32 of the box); VGG16 releases: Chip("box", 224, margin=0.3) (VGGFace2's "bounding box
-      extended by a factor of 0.3 to include the whole head"). A detector whose boxes are tighter or
-      looser than MTCNN's needs its own margin; these are starting values, to be calibrated.
+      LFW's 250x250 frames are about 100 px, so about 0.32 of the box); VGG16 releases:
+      Chip("box", 224, margin=0.3) (VGGFace2's "bounding box extended by a factor of 0.3 to include the
+      whole head"). A detector whose boxes are tighter or looser than MTCNN's needs its own margin; these
+      are starting values, to be calibrated.
 
 Resampling is dlib's (dlib/image_transforms/interpolation.h, extract_image_chips), so chips equal
 dlib.get_face_chip's within one grey level: when the chip is much smaller than its rectangle, a

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import FeatxError
 
 MAX_PARTS = 1000
+BIG = 1 << 20  # pixels: a bigger image is made grey only where the cascade reads it
 # dlib's float exponents that stand for +inf, -inf, NaN (as featx.importers.dlib_dat reads them; that
 # package imports torch, which this stage does not need)
 SPECIAL_EXPONENTS = {32000: np.inf, 32001: -np.inf, 32002: np.nan}
@@ -222,14 +223,16 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return m, md - np.einsum("nij,j->ni", m, ms)
 
 
-def grey(image: np.ndarray) -> np.ndarray:
-    """dlib's intensity of an RGB uint8 image: (r + g + b) // 3 (a 2-d uint8 image is already grey)."""
+def check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise FeatxError(f"landmarks need an HxWx3 (or HxW) uint8 image, got {image.dtype} {image.shape}")
-    if image.ndim == 2:
-        return image
-    return (image.astype(np.uint16).sum(2) // 3).astype(np.uint8)
+    return image
+
+
+def grey(pixels: np.ndarray) -> np.ndarray:
+    """dlib's intensity of RGB uint8 pixels (..., 3): (r + g + b) // 3, as float32."""
+    return (pixels.astype(np.uint16).sum(-1) // 3).astype(np.float32)
 
 
 def dlib_round(x: np.ndarray) -> np.ndarray:
@@ -275,12 +278,9 @@ class ShapePredictor:
         """Faces of several images in one vectorised pass: boxes[i] (n_i, 4) are image i's faces."""
         if len(images) != len(boxes):
             raise FeatxError(f"{len(images)} images but {len(boxes)} lists of face boxes")
-        greys, box = [grey(im) for im in images], [as_boxes(b) for b in boxes]
+        images, box = [check_image(im) for im in images], [as_boxes(b) for b in boxes]
         counts = [len(b) for b in box]
-        sizes = np.array([g.size for g in greys], np.int64)
-        frames = Frames(np.concatenate([g.reshape(-1) for g in greys]) if greys else np.zeros(0, np.uint8),
-                        *(np.repeat(v, counts) for v in (np.cumsum(sizes) - sizes,
-                                                          [g.shape[0] for g in greys], [g.shape[1] for g in greys])))
+        frames = Frames(images, counts)
         allbox = np.concatenate(box) if box else np.zeros((0, 4))
         shape = self.normalised(frames, allbox)
         scale = np.stack([allbox[:, 2] - allbox[:, 0], allbox[:, 3] - allbox[:, 1]], -1)[:, None]
@@ -318,25 +318,46 @@ class ShapePredictor:
         return cur
 
 
-@dataclass(frozen=True)
 class Frames:
-    """Grey images laid end to end (flat uint8) and, per face, its image's start, height and width."""
+    """Where each face's feature pixels are read. Images up to BIG pixels are made grey whole and laid end to
+    end (one gather serves all their faces); a bigger one is read only where sampled, so a 12-megapixel
+    photo costs about what a small one does. counts[i]: how many faces (rows, in order) image i has."""
 
-    flat: np.ndarray
-    start: np.ndarray
-    h: np.ndarray
-    w: np.ndarray
+    def __init__(self, images: list[np.ndarray], counts: list[int]):
+        first = np.cumsum([0] + list(counts))
+        n = int(first[-1])
+        self.start, self.h, self.w = (np.full(n, -1, np.int64) for _ in range(3))
+        self.big, flat, offset = [], [], 0
+        for img, lo, hi in zip(images, first[:-1], first[1:]):
+            if hi == lo:
+                continue
+            if img.shape[0] * img.shape[1] > BIG:
+                self.big.append((img, lo, hi))
+                continue
+            g = img if img.ndim == 2 else (img.astype(np.uint16).sum(2) // 3).astype(np.uint8)
+            self.start[lo:hi], self.h[lo:hi], self.w[lo:hi] = offset, g.shape[0], g.shape[1]
+            flat.append(g.reshape(-1))
+            offset += g.size
+        self.flat = np.concatenate(flat) if flat else np.zeros(0, np.uint8)
+        self.small = np.flatnonzero(self.start >= 0)
 
     def values(self, pts: np.ndarray) -> np.ndarray:
         """Grey values at whole-pixel points (n, F, 2), face i's in its image, float32; 0 outside."""
-        x, y = pts[..., 0], pts[..., 1]
-        h, w = self.h[:, None], self.w[:, None]
-        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        at = np.where(inside, self.start[:, None] + y * w + x, 0).astype(np.int64)
-        return np.where(inside, self.flat[at] if len(self.flat) else 0, 0).astype(np.float32)
+        out = np.zeros(pts.shape[:-1], np.float32)
+        if len(self.small):
+            rows = self.small
+            x, y, h, w = pts[rows, :, 0], pts[rows, :, 1], self.h[rows, None], self.w[rows, None]
+            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            at = np.where(inside, self.start[rows, None] + y * w + x, 0).astype(np.int64)
+            out[self.small] = np.where(inside, self.flat[at], 0)
+        for img, lo, hi in self.big:
+            x, y = pts[lo:hi, :, 0], pts[lo:hi, :, 1]
+            inside = (x >= 0) & (x < img.shape[1]) & (y >= 0) & (y < img.shape[0])
+            px = img[y[inside].astype(np.int64), x[inside].astype(np.int64)]
+            out[lo:hi][inside] = px.astype(np.float32) if img.ndim == 2 else grey(px)
+        return out
 
 
-def pixel_values(g: np.ndarray, pts: np.ndarray) -> np.ndarray:
+def pixel_values(image: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Grey values of one image at whole-pixel points (F, 2) as float32; 0 outside the image (dlib's rule)."""
-    one = np.ones(1, np.int64)
-    return Frames(g.reshape(-1), 0 * one, g.shape[0] * one, g.shape[1] * one).values(np.asarray(pts)[None])[0]
+    return Frames([check_image(image)], [1]).values(np.asarray(pts)[None])[0]
