@@ -142,11 +142,18 @@ def pyramid_down(img: np.ndarray) -> np.ndarray:
     if h <= 8 or w <= 8:
         return np.zeros((0, 0) + img.shape[2:], np.uint8)
     ho, wo = (h - 3) // 2, (w - 3) // 2
-    a = img.astype(np.int32)
-    k = (1, 4, 6, 4, 1)
-    row = sum(k[j] * a[:, j: j + 2 * wo: 2] for j in range(5))
-    col = sum(k[i] * row[i: i + 2 * ho: 2] for i in range(5))
-    return (col // 256).astype(np.uint8)
+    a = img.astype(np.uint16)  # dlib sums in uint16 too: at most 16 * 16 * 255 = 65280
+    return (_taps(_taps(a, wo, 1), ho, 0) >> 8).astype(np.uint8)
+
+
+def _taps(x: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """1 4 6 4 1 along `axis`, at n positions two apart (dlib's pyramid filter, one direction)."""
+    x = np.moveaxis(x, axis, 0)
+    p = [x[j: j + 2 * n: 2] for j in range(5)]
+    out = p[0] + p[4]
+    out += 4 * (p[1] + p[3])
+    out += 6 * p[2]
+    return np.moveaxis(out, 0, axis)
 
 
 def bilinear(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
