@@ -20,9 +20,10 @@ Inputs (every frame is built here from integers only, so the test rebuilds it bi
   photos     two ../shared/data/utkface photos, each as is, pasted rotated by +18.9 and -25.1 degrees into
              a larger canvas (rotations with rational cos/sin, nearest pixel in integer arithmetic), halved
              (2x2 mean) into a canvas, and tripled (600x600, so the chip comes from dlib's pyramid); one
-             also pasted across the frame's left border. Boxes: dlib's HOG frontal detector (upsampling 1,
-             the largest face), or a given box where it finds none; recorded, so the test feeds featx the
-             same boxes. The photos are never committed, nor anything they could be rebuilt from.
+             also pasted across the frame's left border, the other enlarged 12 times into a 12-megapixel
+             frame (four pyramid levels). Boxes: dlib's HOG frontal detector (upsampling 1, the largest
+             face), or a given box (GIVEN_BOXES); recorded, so the test feeds featx the same boxes.
+             The photos are never committed, nor anything they could be rebuilt from.
 Chips are kept as their sha256 and each value mod 4 (2 bits, four to a byte), never whole: from featx's
 chip c, the one value within one grey level of c with dlib's residue is dlib's value if any is; the test
 rebuilds dlib's chip that way and checks it against the sha256, so a pass means every value of featx's
@@ -40,7 +41,9 @@ import numpy as np
 
 PHOTOS = ("images/100_1_0_20170110183726390.jpg.chip.jpg", "images/10_0_0_20170103233459275.jpg.chip.jpg")
 ROTATIONS = {"rot+19": (35, 12, 37), "rot-25": (77, -36, 85)}  # cos, sin, hypotenuse (Pythagorean triples)
-BORDER_BOX = (-97, -16, 110, 190)  # the border frame: HOG finds none; the photo's HOG box moved by (-70, +10)
+# frames whose box is given, not detected: the photo's HOG box moved with it (HOG finds no face across the
+# border; on 12 megapixels it would take minutes)
+GIVEN_BOXES = {"border": (-97, -16, 110, 190), "x12": (944, 444, 2804, 2304)}
 
 
 def background(h: int, w: int) -> np.ndarray:
@@ -97,6 +100,8 @@ def frame(photo: np.ndarray, kind: str) -> np.ndarray:
         return np.repeat(np.repeat(photo, 3, 0), 3, 1)
     if kind == "border":
         return paste(background(230, 260), photo, -70, 10)
+    if kind == "x12":  # a 12-megapixel frame: the chip comes from dlib's pyramid, four levels down
+        return paste(background(3000, 4000), np.repeat(np.repeat(photo, 12, 0), 12, 1), 800, 300)
     raise ValueError(kind)
 
 
@@ -169,11 +174,12 @@ def photo_rows(dlib, sp, shared: Path) -> tuple[list, dict]:
 
     detect = dlib.get_frontal_face_detector()
     rows, arrays = [], {}
-    plan = [(p, k) for p in PHOTOS for k in PHOTO_FRAMES] + [(PHOTOS[0], "border")]
+    plan = [(p, k) for p in PHOTOS for k in PHOTO_FRAMES] + [(PHOTOS[0], "border"), (PHOTOS[1], "x12")]
     for photo, kind in plan:
         img = frame(np.asarray(Image.open(shared / "utkface" / photo).convert("RGB")), kind)
-        face = largest(detect(img, 1))
-        box, source = ((face.left(), face.top(), face.right(), face.bottom()), "hog") if face else (BORDER_BOX, "given")
+        face = None if kind in GIVEN_BOXES else largest(detect(img, 1))
+        box, source = ((face.left(), face.top(), face.right(), face.bottom()), "hog") if face else \
+            (GIVEN_BOXES[kind], "given")
         shape = sp(img, dlib.rectangle(*box))
         chip = dlib.get_face_chip(img, shape, 150, 0.25)
         name = f"{Path(photo).name}:{kind}"

@@ -10,8 +10,8 @@ benchmarks/dlib_landmark_reference.py, which ran dlib itself (dlib-bin 20.0.1 in
 dlib.shape_predictor on the upstream shape_predictor_5_face_landmarks.dat, dlib.get_face_chip(img, shape,
 150, 0.25), dlib.get_face_chip_details) on closed-form integer patterns and on raw-like frames built from
 two UTKFace photos (as is, rotated by +18.9 and -25.1 degrees inside a larger canvas, halved, tripled, cut
-by the frame's border), with dlib's HOG detector boxes (or a given box) recorded. Here the same frames are
-rebuilt bit for bit (their sha256 is checked), the same boxes go to featx, and: landmarks within 1 px,
+by the frame's border, enlarged into a 12-megapixel frame), with dlib's HOG detector boxes (or a given
+box) recorded. Here the same frames are rebuilt bit for bit (their sha256 is checked), the same boxes go to featx, and: landmarks within 1 px,
 chips within one grey level (each stored as its sha256 and its values mod 4; see the script).
 The synthetic chips need no file; the landmark answers need the .dat (FEATX_SHAPE5_DAT, a scratch copy of
 the sdist, else pip downloads the sdist; they skip when offline) and the photo rows need ../shared/data.
@@ -413,7 +413,7 @@ def test_synthetic_landmarks_equal_dlibs(shape5):
 def test_photo_landmarks_and_chips_equal_dlibs(shape5, shared_utkface):
     rows, arrays = reference()
     photos = [r for r in rows if r["kind"] == "photo"]
-    assert len(photos) == 11 and {r["frame"] for r in photos} == {*ref.PHOTO_FRAMES, "border"}
+    assert len(photos) == 12 and {r["frame"] for r in photos} == {*ref.PHOTO_FRAMES, *ref.GIVEN_BOXES}
     cache, exact, changed = {}, 0, 0
     for row in photos:
         if row["photo"] not in cache:
@@ -427,5 +427,5 @@ def test_photo_landmarks_and_chips_equal_dlibs(shape5, shared_utkface):
         d = fc.face_chip_details(want, 150, 0.25)  # dlib's points: the chip's own check
         check_details(d, row["details"])
         changed += within_one_grey_level(fc.extract_chip(img, d), row, arrays)
-    assert exact >= len(photos) - 2  # measured: all 11 equal
+    assert exact >= len(photos) - 2  # measured: all 12 equal
     print(f"{exact}/{len(photos)} faces with dlib's very points; {changed} chip values differ by one")
