@@ -11,8 +11,9 @@ dlib.shape_predictor on the upstream shape_predictor_5_face_landmarks.dat, dlib.
 150, 0.25), dlib.get_face_chip_details) on closed-form integer patterns and on raw-like frames built from
 two UTKFace photos (as is, rotated by +18.9 and -25.1 degrees inside a larger canvas, halved, tripled, cut
 by the frame's border, enlarged into a 12-megapixel frame), with dlib's HOG detector boxes (or a given
-box) recorded. Here the same frames are rebuilt bit for bit (their sha256 is checked), the same boxes go to featx, and: landmarks within 1 px,
-chips within one grey level (each stored as its sha256 and its values mod 4; see the script).
+box) recorded. Here the same frames are rebuilt bit for bit (their sha256 is checked), the same boxes go
+to featx, and: landmarks within 1 px, chips within one grey level (each stored as its sha256 and its
+values mod 4; see the script).
 The synthetic chips need no file; the landmark answers need the .dat (FEATX_SHAPE5_DAT, a scratch copy of
 the sdist, else pip downloads the sdist; they skip when offline) and the photo rows need ../shared/data.
 """
