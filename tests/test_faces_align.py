@@ -167,6 +167,14 @@ def test_tiny_predictor_reads_back_and_matches_dlibs_loops(tmp_path, monkeypatch
     assert not np.array_equal(small_path[0], small_path[1])
 
 
+def test_dlib_integers_of_every_length():
+    vals = [0, 1, -1, 255, 256, -65535, 2**24 + 3, -(2**31), 2**40 + 7, 2**56 - 1, -(2**62) - 5, 2**63 - 1]
+    data = b"".join(d_int(v) for v in vals)
+    assert fl.decode_ints(data, "x").tolist() == vals
+    with pytest.raises(FeatxError, match="bad dlib integer at byte 0"):
+        fl.decode_ints(bytes([0x09]) + bytes(9), "x")  # 9 bytes: more than a 64-bit integer has
+
+
 def test_grey_is_dlibs_and_outside_is_zero():
     img = np.array([[[255, 255, 254], [1, 1, 0]], [[0, 0, 2], [10, 20, 31]]], np.uint8)
     assert fl.grey(img).tolist() == [[254, 0], [0, 20]]  # (r + g + b) // 3

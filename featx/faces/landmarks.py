@@ -57,10 +57,11 @@ def decode_ints(data: bytes, what: str) -> np.ndarray:
     if bad.any() or (starts[-1] + 1 + length[-1] if len(starts) else 0) != len(data):
         at = int(starts[np.argmax(bad)]) if bad.any() else len(data)
         raise FeatxError(f"{what}: bad dlib integer at byte {at} (not a dlib shape_predictor file?)")
-    vals = np.zeros(len(starts), np.uint64)
-    for j in range(8):
-        byte = buf[starts + 1 + j].astype(np.uint64)
-        vals |= np.where(j < length, byte, 0).astype(np.uint64) << np.uint64(8 * j)
+    windows = np.lib.stride_tricks.sliding_window_view(buf, 8)  # the 8 bytes after each control byte
+    vals = np.ascontiguousarray(windows[starts + 1]).view("<u8").reshape(-1)
+    full = length >= 8
+    vals &= np.where(full, np.uint64(2**64 - 1),
+                     (np.uint64(1) << (8 * np.where(full, 0, length)).astype(np.uint64)) - np.uint64(1))
     if (vals > np.uint64(2**63 - 1)).any():
         raise FeatxError(f"{what}: an integer over 63 bits (not a dlib shape_predictor file?)")
     out = vals.astype(np.int64)
@@ -70,7 +71,7 @@ def decode_ints(data: bytes, what: str) -> np.ndarray:
 def floats(pairs: np.ndarray) -> np.ndarray:
     """dlib floats from (mantissa, exponent) integer pairs -> float32."""
     mant, expo = pairs[0::2].astype(np.float64), pairs[1::2]
-    special = np.isin(expo, list(SPECIAL_EXPONENTS))
+    special = (expo >= min(SPECIAL_EXPONENTS)) & (expo <= max(SPECIAL_EXPONENTS))
     out = np.ldexp(mant, np.where(special, 0, np.clip(expo, -1100, 1100)).astype(np.int64))
     for e, v in SPECIAL_EXPONENTS.items():
         out[expo == e] = v
@@ -140,7 +141,7 @@ def _tree(c: _Cursor, parts: int) -> tuple[np.ndarray, np.ndarray]:
     leaves = c.take(n_leaves * (2 + 4 * parts)).reshape(n_leaves, 2 + 4 * parts)
     if (leaves[:, 0] != -2 * parts).any() or (leaves[:, 1] != -1).any():
         raise c.fail(f"a leaf that is not a column of {2 * parts}")
-    return split, floats(leaves[:, 2:].reshape(-1)).reshape(n_leaves, parts, 2)
+    return split, leaves[:, 2:]  # the leaves' floats, still as (mantissa, exponent) integers
 
 
 def _forests(c: _Cursor, parts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +151,8 @@ def _forests(c: _Cursor, parts: int) -> tuple[np.ndarray, np.ndarray]:
         if not trees or len({t[0].shape[0] for t in trees}) != 1:
             raise c.fail("a level whose trees differ in depth (featx runs equal-depth trees)")
         splits.append(np.stack([t[0] for t in trees]))
-        leaves.append(np.stack([t[1] for t in trees]))
+        raw = np.stack([t[1] for t in trees])  # (trees, leaves, 4 * parts)
+        leaves.append(floats(raw.reshape(-1)).reshape(raw.shape[0], raw.shape[1], parts, 2))
     if not levels or len({s.shape for s in splits}) != 1:
         raise c.fail("levels of different sizes (featx runs equal-size levels)")
     return np.stack(splits), np.stack(leaves)
