@@ -219,7 +219,7 @@ def test_refuses_other_files_in_one_line(tmp_path):
     cases = {
         "ends early": data[:-7],
         "bytes left": data + b"\x01\x00",
-        "not supported": tiny_dat(sd, layer_hook=lambda ls: [d_str("bn_con2")] + ls[1:]),
+        "not supported": tiny_dat(sd, layer_hook=lambda ls: [d_str("dropout_")] + ls[1:]),
         "padding": tiny_dat(sd, layer_hook=lambda ls: ls[:4] + [con(np.zeros((4, 4, 3, 3)), np.zeros(4), 1, 0)]
                             + ls[5:]),
         "expects": tiny_dat(sd, mean=(0.0, 0.0, 0.0)),
