@@ -41,7 +41,7 @@ from .errors import FeatxError
 FORMAT = "featx-store"
 FORMAT_VERSION = 1
 # Two stores are the same extraction only when all of these agree.
-IDENTITY_KEYS = ("manifest_hash", "release", "weights_sha256", "tap", "preprocess", "dtype", "flip")
+IDENTITY_KEYS = ("manifest_hash", "release", "weights_sha256", "tap", "preprocess", "dtype", "flip", "faces")
 CHUNK_BYTES = 1 << 20  # at least about 1 MB a chunk
 MAX_SHARD_ROWS = 2048  # the unit of work: small enough to lose little on a crash
 MAX_SHARD_BYTES = 64 << 20  # a shard is assembled in memory before it is written
@@ -137,6 +137,7 @@ def check_identity(attrs: dict, identity: dict, name: str) -> None:
         "preprocess": "other preprocessing ({a} vs {b})",
         "dtype": "dtype {a}, not {b}",
         "flip": "flip TTA {a}, not {b}",
+        "faces": "another face stage ({a} vs {b})",
     }
     for key in IDENTITY_KEYS:
         a, b = have.get(key), identity.get(key)
@@ -314,7 +315,7 @@ def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: 
         "featx": {"format": FORMAT, "version": FORMAT_VERSION, "state": "creating"},
         "identity": identity,
         **provenance,
-        **{k: identity[k] for k in IDENTITY_KEYS},
+        **{k: identity.get(k) for k in IDENTITY_KEYS},
         "n": n, "dim": list(dim), "classes": list(manifest.classes), "extras": list(extras),
         "rows_per_chunk": chunk, "rows_per_shard": shard, "n_shards": math.ceil(n / shard),
         "manifest_root": Path(manifest.root).resolve().as_posix(),  # a hint: runs read from the --data given

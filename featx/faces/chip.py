@@ -27,49 +27,20 @@ four neighbours leave the region. An unrotated chip of exactly its rectangle's s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FeatxError
+from ..releases import Chip
 from .landmarks import similarity
 
 # dlib's get_face_chip_details: the 5-point model's parts in a unit chip (before padding)
 TEMPLATE5 = np.array([[0.8595674595992, 0.2134981538014], [0.6460604764104, 0.2289674387677],
                       [0.1205750620789, 0.2137274526848], [0.3340850613712, 0.2290642403242],
                       [0.4901123135679, 0.6277975316475]])
-KINDS = ("dlib5", "box")
 
 
-@dataclass(frozen=True)
-class Chip:
-    """How a release's input face is cut: kind "dlib5" (aligned by 5 landmarks) or "box" (a detector box
-    with a margin); size in pixels (square); padding (dlib5) and margin (box) as fractions."""
-
-    kind: str
-    size: int
-    padding: float = 0.0
-    margin: float = 0.0
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise FeatxError(f"chip kind {self.kind!r}: expected one of {', '.join(KINDS)}")
-        if int(self.size) != self.size or self.size < 2:
-            raise FeatxError(f"chip size {self.size}: expected a whole number of pixels >= 2")
-        if not (0 <= self.padding < 10 and -0.5 < self.margin < 10):
-            raise FeatxError(f"chip padding {self.padding} / margin {self.margin} out of range")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Chip":
-        return cls(**d)
-
-
-DLIB_RESNET_CHIP = Chip("dlib5", 150, padding=0.25)
-FACENET_CHIP = Chip("box", 160, margin=0.32)
-VGG16_CHIP = Chip("box", 224, margin=0.3)
 
 
 @dataclass(frozen=True)
