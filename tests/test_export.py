@@ -1,0 +1,164 @@
+"""ONNX export (issue 24): the exported file under onnxruntime gives featx's own answers.
+
+A toy family (registered here, as tests/test_toy_family.py does) with its own preprocessing runs the
+whole path: extract -> every head kind -> one several-head ONNX file -> onnxruntime vs featx predict.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from featx.backbones import FAMILIES, Family, TapInfo
+from featx.errors import FeatxError
+from featx.releases import RELEASES, Preprocess, Release
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+KINDS = {"logreg": {}, "linear-svm": {}, "rbf-svm": {}, "mlp": {"max_epochs": 30, "grid": {"hidden": [[8]]}},
+         "sgd": {}}
+PARITY = 1e-4
+
+
+class ToyNet(nn.Module):
+    def __init__(self, widths=(4, 6, 8), emb=5):
+        super().__init__()
+        chans = (3,) + tuple(widths)
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
+        self.emb = nn.Linear(widths[-1], emb)
+
+    def stage_names(self):
+        return ("s1", "s2", "s3", "emb")
+
+    def run_stage(self, name, x):
+        if name == "emb":
+            return self.emb(x.mean((2, 3)))
+        return F.max_pool2d(F.relu(self.convs[int(name[1]) - 1](x)), 2)
+
+    def stage_module(self, name):
+        return self.emb if name == "emb" else self.convs[int(name[1]) - 1]
+
+
+def build(sd):
+    m = ToyNet(tuple(sd[f"convs.{i}.weight"].shape[0] for i in range(3)), sd["emb.weight"].shape[0])
+    m.load_state_dict(sd)
+    return m.eval()
+
+
+PER_IMAGE = Preprocess(size=16, resize=18, channels="RGB", scale=255.0, crop=0.9, norm="per-image",
+                       mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+FIXED_BGR = Preprocess(size=20, resize=22, channels="BGR", scale=255.0, mean=(103.9, 116.8, 123.7),
+                       std=(58.0, 57.0, 57.5))
+
+
+@pytest.fixture(scope="module")
+def toy_world(tmp_path_factory):
+    """The toy family, two releases (per-image and fixed BGR preprocessing), its weights and a dataset."""
+    mp = pytest.MonkeyPatch()
+    mp.setitem(FAMILIES, "toy", Family(
+        arch="toy", build=build, default_tap="s3-gap",
+        taps=(TapInfo("s1", 4, 2, "convs.0"), TapInfo("s2", 6, 4, "convs.1"), TapInfo("s3", 8, 8, "convs.2"),
+              TapInfo("emb", 5, 0, "emb", "vector"))))
+    for name, pre in (("toy.v1", PER_IMAGE), ("toy.bgr", FIXED_BGR)):
+        mp.setitem(RELEASES, name, Release(name=name, description="a toy family", source="test", license="CC0",
+                                           source_file="toy.safetensors", arch="toy", preprocess=pre))
+    root = tmp_path_factory.mktemp("toy-export")
+    torch.manual_seed(0)
+    weights = root / "toy.safetensors"
+    save_file({k: v.contiguous() for k, v in ToyNet().state_dict().items()}, str(weights))
+    yield root, weights
+    mp.undo()
+
+
+def make_photos(root, n: int = 40) -> "Path":
+    from tests.conftest import make_image
+
+    lines = ["path,label"]
+    for i in range(n):
+        c = i % 2
+        make_image(root / "img" / f"{i:03d}.jpg", seed=100 + i, size=24 + i % 9, cls=c)  # sizes differ: crops do
+        lines.append(f"img/{i:03d}.jpg,{['female', 'male'][c]}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def toy_heads(toy_world):
+    """Every head kind on the per-image release (float16 store, combined tap), and a logreg on the BGR
+    release (float32 store with mirrored features, another tap), all trained on the toy photos."""
+    from featx.extract import extract
+    from featx.heads import train
+
+    root, weights = toy_world
+    data = make_photos(root / "data")
+    common = dict(weights=str(weights), precision="fp32", workers=0, progress=False, device="cpu")
+    extract(data, "toy.v1", str(root / "a.zarr"), tap="s2-gap+emb", **common)
+    extract(data, "toy.bgr", str(root / "b.zarr"), tap="s3-gapmax", dtype="float32", flip_tta=True, **common)
+    heads = {}
+    for kind, params in KINDS.items():
+        train(str(root / "a.zarr"), kind, root / "heads" / kind, params=params)
+        heads[kind] = root / "heads" / kind
+    train(str(root / "b.zarr"), "logreg", root / "heads" / "bgr", augment_flip=True)
+    heads["bgr"] = root / "heads" / "bgr"
+    return root, weights, data.parent / "img", heads
+
+
+def featx_proba(head_dir, photos, weights) -> np.ndarray:
+    from featx.predict import iter_predictions
+
+    preds = list(iter_predictions(head_dir, [photos], weights=weights, device="cpu", precision="fp32"))
+    assert all(p.error is None for p in preds)
+    return np.array([[p.probabilities[c] for c in sorted(p.probabilities)] for p in preds])
+
+
+def onnx_proba(path, photos, output=None) -> np.ndarray:
+    from featx.export import iter_model_predictions
+
+    preds = list(iter_model_predictions(path, [photos], output=output, device="cpu"))
+    assert all(p.error is None for p in preds)
+    return np.array([[p.probabilities[c] for c in sorted(p.probabilities)] for p in preds])
+
+
+def test_every_head_kind_in_one_file_matches_featx_predict(toy_heads, tmp_path):
+    from featx.export import ExportOptions, export_onnx
+
+    root, weights, photos, heads = toy_heads
+    kinds = list(KINDS)
+    out = tmp_path / "all.onnx"
+    card = export_onnx([heads[k] for k in kinds], out, ExportOptions(weights=weights))
+    assert [o["name"] for o in card["outputs"]] == kinds and card["input"]["shape"] == ["batch", 16, 16, 3]
+    for kind in kinds:
+        want = featx_proba(heads[kind], photos, weights)
+        got = onnx_proba(out, photos, output=kind)
+        assert got.shape == want.shape == (40, 2)
+        assert np.abs(got - want).max() <= PARITY, kind
+        assert np.abs(want[:, 1] - 0.5).max() > 0.05, kind  # the heads answer something, not a constant half
+
+
+def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
+    """BGR + fixed mean/std preprocessing, a float32 store, another pooling; --mirror-average takes the
+    mean of featx's answers on the photo and on its mirror image."""
+    from featx.export import ExportOptions, OnnxModel, export_onnx
+    from featx.heads import load_head
+    from featx.predict import HeadModel
+    from PIL import Image
+
+    root, weights, photos, heads = toy_heads
+    plain, mirrored = tmp_path / "plain" / "m.onnx", tmp_path / "mirror" / "m.onnx"
+    export_onnx([heads["bgr"]], plain, ExportOptions(weights=weights))
+    export_onnx([heads["bgr"]], mirrored, ExportOptions(weights=weights, mirror=True))
+    assert np.abs(onnx_proba(plain, photos) - featx_proba(heads["bgr"], photos, weights)).max() <= PARITY
+    head, card = load_head(heads["bgr"])
+    hm = HeadModel(head, card, weights, "cpu", heads["bgr"], "fp32")
+    chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
+    want = np.mean([head.predict_proba(hm.ex(torch.from_numpy(c))[0]) for c in (chips, chips[:, :, ::-1].copy())], 0)
+    got = OnnxModel(mirrored, "cpu").run(chips)["bgr"]
+    assert np.abs(got - want).max() <= PARITY
+    assert np.abs(got - OnnxModel(plain, "cpu").run(chips)["bgr"]).max() > 1e-3  # the mirror pass did something
