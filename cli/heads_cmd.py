@@ -72,6 +72,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help="With --head: auto | bf16 | fp32 (an exported "
+                                                              "file computes in fp32: give fp32 for its answers)."),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -88,7 +90,7 @@ def predict(
         from featx.predict import iter_predictions
 
         preds = iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
-                                 device=device, progress=not quiet)
+                                 device=device, progress=not quiet, precision=precision)
     results = []
     for r in preds:
         results.append(r)

@@ -162,3 +162,102 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     got = OnnxModel(mirrored, "cpu").run(chips)["bgr"]
     assert np.abs(got - want).max() <= PARITY
     assert np.abs(got - OnnxModel(plain, "cpu").run(chips)["bgr"]).max() > 1e-3  # the mirror pass did something
+
+
+@pytest.fixture(scope="module")
+def exported(toy_heads, tmp_path_factory):
+    """`featx export` of two heads (logreg, mlp) through the CLI, once for the tests below."""
+    from featx_cli.main import main
+
+    root, weights, photos, heads = toy_heads
+    out = tmp_path_factory.mktemp("cli") / "pair" / "model.onnx"
+    assert main(["export", "--head", str(heads["logreg"]), "--head", str(heads["mlp"]), "--weights", str(weights),
+                 "--out", str(out), "-q"]) == 0
+    return out
+
+
+def test_cli_export_writes_the_card(exported, toy_heads):
+    import onnx
+
+    from featx.weights import sha256_file
+
+    card = json.loads(exported.with_suffix(".json").read_text())
+    assert card["onnx_sha256"] == sha256_file(exported) and card["release"]["name"] == "toy.v1"
+    assert card["release"]["license"] == "CC0" and len(card["release"]["weights_sha256"]) == 64
+    assert card["input"]["preprocess"]["crop"] == 0.9 and card["input"]["dtype"] == "uint8"
+    assert [o["classes"] for o in card["outputs"]] == [["female", "male"]] * 2
+    ev = card["outputs"][0]["evaluation"][0]
+    assert ev["split"].startswith("val") and 0.0 <= ev["figures"]["accuracy"]["value"] <= 1.0
+    md = (exported.parent / "MODEL_CARD.md").read_text()
+    assert card["onnx_sha256"] in md and "CC0" in md and "['female', 'male']" in md
+    m = onnx.load(str(exported))
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["logreg.classes"]) == ["female", "male"]
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is dynamic
+
+
+def test_cli_predict_model_prints_the_lines_predict_head_prints(exported, toy_heads, capsys):
+    from featx_cli.main import main
+
+    root, weights, photos, heads = toy_heads
+    few = [str(p) for p in sorted(photos.iterdir())[:5]] + [str(root / "missing.jpg")]
+    capsys.readouterr()
+    assert main(["predict", "--head", str(heads["mlp"]), "--weights", str(weights), "--json", "-q",
+                 "--precision", "fp32", *few]) == 0
+    by_head = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--model", str(exported), "--output", "mlp", "--json", "-q", *few]) == 0
+    by_model = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in by_model] == [r["path"] for r in by_head] == few
+    assert by_model[-1] == by_head[-1] and "error" in by_model[-1]
+    for a, b in zip(by_head[:-1], by_model[:-1]):
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) <= PARITY
+
+
+def one_line_error(capsys, argv) -> str:
+    from featx_cli.main import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err, err
+    return err
+
+
+def test_predict_model_refuses_a_missing_or_mismatched_card(exported, toy_heads, tmp_path, capsys):
+    import shutil
+
+    photo = str(sorted(toy_heads[2].iterdir())[0])
+    copy = tmp_path / "model.onnx"
+    shutil.copy(exported, copy)
+    assert "no card model.json" in one_line_error(capsys, ["predict", "--model", str(copy), photo])
+    card = json.loads(exported.with_suffix(".json").read_text())
+    card["onnx_sha256"] = "0" * 64
+    copy.with_suffix(".json").write_text(json.dumps(card))
+    assert "does not match its card" in one_line_error(capsys, ["predict", "--model", str(copy), photo])
+    shutil.copy(exported.with_suffix(".json"), copy.with_suffix(".json"))
+    with open(copy, "r+b") as f:  # one byte of the weights changed
+        f.seek(copy.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    assert "does not match its card" in one_line_error(capsys, ["predict", "--model", str(copy), photo])
+    assert "choose one with --output" in one_line_error(capsys, ["predict", "--model", str(exported), photo])
+    assert "exactly one of --head" in one_line_error(capsys, ["predict", photo])
+
+
+def test_export_refuses_int8_heads_and_mixed_bases(toy_heads, tmp_path, capsys):
+    from featx.heads import load_head, save_head
+
+    root, weights, photos, heads = toy_heads
+    head, card = load_head(heads["logreg"])
+    card["provenance"].update(precision="int8", release="toy.v1+int8")
+    save_head(head, tmp_path / "int8", card)
+    err = one_line_error(capsys, ["export", "--head", str(tmp_path / "int8"), "--out", str(tmp_path / "a.onnx")])
+    assert "int8" in err and "--precision fp32" in err
+    err = one_line_error(capsys, ["export", "--head", str(heads["logreg"]), "--head", str(heads["bgr"]),
+                                  "--weights", str(weights), "--out", str(tmp_path / "b.onnx")])
+    assert "different bases" in err
+    err = one_line_error(capsys, ["export", "--head", str(heads["logreg"]), "--out", str(tmp_path / "c.onnx")])
+    assert "weights" in err  # no --weights: the cached toy release is absent (one line, not a traceback)
+    assert not list(tmp_path.glob("*.onnx"))
