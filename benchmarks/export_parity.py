@@ -3,10 +3,10 @@
     python benchmarks/export_parity.py --shared ../shared/data --work cache/export-bench
     python benchmarks/export_parity.py --bases dlib.resnet --train 480 --n 256 --rounds 2
 
-For each base: a store of --train `utkface` photos (rows of featx's seed-0 train and val splits; the
-base in fp32, a float16 store, as `featx extract --precision fp32` writes), every head kind trained on
-it, all heads exported to one file and the logistic regression (the gender model) to a file of its
-own. On --n photos of `utkface`'s seed-0 test split (never trained on):
+For each base and store dtype (--dtypes; float16 is featx's default): a store of --train `utkface`
+photos (rows of featx's seed-0 train and val splits; the base in fp32, `featx extract --precision
+fp32`), every head kind trained on it, all heads exported to one file; the float16 store's logistic
+regression (the gender model) also to a file of its own. On --n photos of `utkface`'s seed-0 test split (never trained on):
 
 - parity: featx's predict path at fp32 (featx.predict.HeadModel: Extractor, then head.predict_proba)
   against the exported file under onnxruntime (`featx predict --model`'s OnnxModel), largest
@@ -46,15 +46,16 @@ def train_manifest(m: Manifest, n: int) -> Manifest:
                     splits=[m.splits[i] for i in rows], source="csv", split_by="featx data seed 0 (subset)")
 
 
-def train_heads(m: Manifest, base: str, work: Path) -> dict[str, Path]:
+def train_heads(m: Manifest, base: str, work: Path, dtype: str) -> dict[str, Path]:
     from featx.extract import extract
     from featx.heads import train
 
-    store = work / f"{base}.zarr"
-    extract(m, base, str(store), tap=BASES[base], precision="fp32", device="cpu", progress=False, workers=1)
+    store = work / f"{base}-{dtype}.zarr"
+    extract(m, base, str(store), tap=BASES[base], precision="fp32", device="cpu", progress=False, workers=1,
+            dtype=dtype)
     heads = {}
     for kind in KINDS:
-        out = work / base / kind
+        out = work / f"{base}-{dtype}" / kind
         if not (out / "head.json").is_file():
             train(str(store), kind, out)
         heads[kind] = out
@@ -123,13 +124,18 @@ def speed(head_dir: Path, onnx_file: Path, photos: list[Path], rounds: int) -> d
 def run_base(base: str, m: Manifest, photos: list[Path], work: Path, rounds: int) -> dict:
     from featx.export import export_onnx
 
-    heads = train_heads(train_manifest(m, ARGS.train), base, work)
-    all_file, gender = work / base / "all" / "model.onnx", work / base / "gender" / "model.onnx"
-    card = export_onnx([heads[k] for k in KINDS], all_file)
-    export_onnx([heads["logreg"]], gender)
-    res = {"tap": BASES[base], "parity": parity(heads, all_file, photos), "opset": card["export"]["opset"],
-           "all_mb": all_file.stat().st_size / 1e6, "gender_mb": gender.stat().st_size / 1e6}
-    res["speed"] = speed(heads["logreg"], gender, photos, rounds)
+    res = {"tap": BASES[base], "parity": {}}
+    for dtype in ARGS.dtypes.split(","):
+        heads = train_heads(train_manifest(m, ARGS.train), base, work, dtype)
+        folder = work / f"{base}-{dtype}"
+        card = export_onnx([heads[k] for k in KINDS], folder / "all" / "model.onnx")
+        res["parity"][dtype] = parity(heads, folder / "all" / "model.onnx", photos)
+        res["opset"], res["all_mb"] = card["export"]["opset"], (folder / "all" / "model.onnx").stat().st_size / 1e6
+        if "speed" not in res:  # the first dtype's gender model (float16: featx's default store)
+            gender = folder / "gender" / "model.onnx"
+            export_onnx([heads["logreg"]], gender)
+            res["gender_mb"] = gender.stat().st_size / 1e6
+            res["speed"] = speed(heads["logreg"], gender, photos, rounds)
     return res
 
 
@@ -146,10 +152,11 @@ def report(results: dict) -> None:
 
     print(f"\nonnxruntime {onnxruntime.__version__}, torch {torch.__version__}, opset "
           f"{next(iter(results.values()))['opset']}; {cpu()}, {ARGS.n} utkface test photos\n")
-    print("| base | tap | " + " | ".join(KINDS) + " |")
-    print("|---|---|" + "---|" * len(KINDS))
+    print("| base | tap | store dtype | " + " | ".join(KINDS) + " |")
+    print("|---|---|---|" + "---|" * len(KINDS))
     for b, r in results.items():
-        print(f"| {b} | {r['tap']} | " + " | ".join(f"{r['parity'][k]:.1e}" for k in KINDS) + " |")
+        for dtype, par in r["parity"].items():
+            print(f"| {b} | {r['tap']} | {dtype} | " + " | ".join(f"{par[k]:.1e}" for k in KINDS) + " |")
     print("\n| base | gender file MB | all 5 heads MB | featx predict img/s (precision) | onnxruntime img/s | ratio |"
           " max Δprob featx auto vs onnx |")
     print("|---|---|---|---|---|---|---|")
@@ -168,6 +175,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=480, help="photos in each base's store (train + val)")
     ap.add_argument("--n", type=int, default=256, help="test photos for parity and speed")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dtypes", default="float16,float32", help="store dtypes (float16: featx's default)")
     ARGS = ap.parse_args()
     m = load(Path(ARGS.shared) / "utkface" / "labels.csv", seed=0)
     photos = [Path(m.root) / m.paths[i] for i in subset(m, "test", ARGS.n)]

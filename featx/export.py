@@ -269,8 +269,9 @@ def evaluations(s: Source) -> list[dict]:
         vm = s.card["val_metrics"]
         figures = {k: {"value": vm[k], "interval": None} for k in ("accuracy", "balanced_accuracy", "roc_auc")
                    if vm.get(k) is not None}
-        out.append({"file": "head.json", "split": f"val ({s.card.get('training', {}).get('select_on', 'val')}; "
-                    "it also chose the hyperparameters)", "n": vm.get("n"), "figures": figures, "interval": None})
+        on = s.card.get("selection", {}).get("on") or "val split"
+        out.append({"file": "head.json", "split": "val", "n": vm.get("n"), "figures": figures, "interval": None,
+                    "note": f"{on}, which also chose the hyperparameters (no interval; run `featx evaluate`)"})
     return out
 
 
@@ -288,7 +289,7 @@ def model_card(sources: list[Source], release, sha: str, backbone: str, out: Pat
                     "fine_tuned": bool(getattr(release, "lineage", None))},
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", p.size, p.size, 3],
                   "channels": "RGB", "chip": chip_text(p), "preprocess": p.to_dict(),
-                  "in_graph": f"{p.channels} order, scale {p.scale:g}/255, " + (
+                  "in_graph": f"{p.channels} order, values {'0-255' if p.scale == 255 else '0-1'}, " + (
                       "per-image standardisation" if p.norm == "per-image" else f"minus mean {list(p.mean)}, "
                       f"divided by std {list(p.std)}")},
         "mirror_average": opts.mirror,
@@ -332,7 +333,11 @@ def card_markdown(card: dict) -> str:
             figs = "; ".join(f"{k} {v['value']:.3f}" + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
                                                          if v.get("interval") else "")
                              for k, v in ev["figures"].items())
-            lines.append(f"- {ev['split']} split of {ev.get('store') or 'the training store'} (n={ev.get('n')}): {figs}")
+            iv = ev.get("interval") or {}
+            how = (f"; {iv.get('level', 0.95):.0%} {iv.get('method', 'bootstrap')} intervals" if iv else
+                   f"; {ev.get('note', 'no interval')}")
+            lines.append(f"- {ev['split']} split of {ev.get('store') or 'the training store'} (n={ev.get('n')}): "
+                         f"{figs}{how}")
         if not o["evaluation"]:
             lines.append("- no evaluation recorded (run `featx evaluate` on the head, then export again)")
         lines.append("")

@@ -22,7 +22,7 @@ from featx.releases import RELEASES, Preprocess, Release
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-KINDS = {"logreg": {}, "linear-svm": {}, "rbf-svm": {}, "mlp": {"max_epochs": 30, "grid": {"hidden": [[8]]}},
+KINDS = {"logreg": {}, "linear-svm": {}, "rbf-svm": {}, "mlp": {"max_epochs": 6, "patience": 3, "grid": {"hidden": [[8]]}},
          "sgd": {}}
 PARITY = 1e-4
 
@@ -126,17 +126,13 @@ def onnx_proba(path, photos, output=None) -> np.ndarray:
     return np.array([[p.probabilities[c] for c in sorted(p.probabilities)] for p in preds])
 
 
-def test_every_head_kind_in_one_file_matches_featx_predict(toy_heads, tmp_path):
-    from featx.export import ExportOptions, export_onnx
-
+def test_every_head_kind_in_one_file_matches_featx_predict(exported, toy_heads):
     root, weights, photos, heads = toy_heads
-    kinds = list(KINDS)
-    out = tmp_path / "all.onnx"
-    card = export_onnx([heads[k] for k in kinds], out, ExportOptions(weights=weights))
-    assert [o["name"] for o in card["outputs"]] == kinds and card["input"]["shape"] == ["batch", 16, 16, 3]
-    for kind in kinds:
+    card = json.loads(exported.with_suffix(".json").read_text())
+    assert [o["name"] for o in card["outputs"]] == list(KINDS) and card["input"]["shape"] == ["batch", 16, 16, 3]
+    for kind in KINDS:
         want = featx_proba(heads[kind], photos, weights)
-        got = onnx_proba(out, photos, output=kind)
+        got = onnx_proba(exported, photos, output=kind)
         assert got.shape == want.shape == (40, 2)
         assert np.abs(got - want).max() <= PARITY, kind
         assert np.abs(want[:, 1] - 0.5).max() > 0.05, kind  # the heads answer something, not a constant half
@@ -151,28 +147,30 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     from PIL import Image
 
     root, weights, photos, heads = toy_heads
-    plain, mirrored = tmp_path / "plain" / "m.onnx", tmp_path / "mirror" / "m.onnx"
-    export_onnx([heads["bgr"]], plain, ExportOptions(weights=weights))
+    mirrored = tmp_path / "mirror" / "m.onnx"
     export_onnx([heads["bgr"]], mirrored, ExportOptions(weights=weights, mirror=True))
-    assert np.abs(onnx_proba(plain, photos) - featx_proba(heads["bgr"], photos, weights)).max() <= PARITY
     head, card = load_head(heads["bgr"])
     hm = HeadModel(head, card, weights, "cpu", heads["bgr"], "fp32")
     chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
-    want = np.mean([head.predict_proba(hm.ex(torch.from_numpy(c))[0]) for c in (chips, chips[:, :, ::-1].copy())], 0)
+    plain, flipped = (head.predict_proba(hm.ex(torch.from_numpy(c))[0]) for c in (chips, chips[:, :, ::-1].copy()))
     got = OnnxModel(mirrored, "cpu").run(chips)["bgr"]
-    assert np.abs(got - want).max() <= PARITY
-    assert np.abs(got - OnnxModel(plain, "cpu").run(chips)["bgr"]).max() > 1e-3  # the mirror pass did something
+    assert np.abs(got - (plain + flipped) / 2).max() <= PARITY
+    assert np.abs(got - plain).max() > 1e-3  # the mirror pass did something
+    assert json.loads(mirrored.with_suffix(".json").read_text())["mirror_average"] is True
 
 
 @pytest.fixture(scope="module")
 def exported(toy_heads, tmp_path_factory):
-    """`featx export` of two heads (logreg, mlp) through the CLI, once for the tests below."""
+    """`featx export` of every head kind (one file, the base once) through the CLI, for the tests here."""
     from featx_cli.main import main
 
+    from featx.report import evaluate
+
     root, weights, photos, heads = toy_heads
-    out = tmp_path_factory.mktemp("cli") / "pair" / "model.onnx"
-    assert main(["export", "--head", str(heads["logreg"]), "--head", str(heads["mlp"]), "--weights", str(weights),
-                 "--out", str(out), "-q"]) == 0
+    evaluate(heads["logreg"], str(root / "a.zarr"))  # metrics.json with intervals, in the head's folder
+    out = tmp_path_factory.mktemp("cli") / "all" / "model.onnx"
+    argv = [a for k in KINDS for a in ("--head", str(heads[k]))]
+    assert main(["export", *argv, "--weights", str(weights), "--out", str(out), "-q"]) == 0
     return out
 
 
@@ -185,11 +183,14 @@ def test_cli_export_writes_the_card(exported, toy_heads):
     assert card["onnx_sha256"] == sha256_file(exported) and card["release"]["name"] == "toy.v1"
     assert card["release"]["license"] == "CC0" and len(card["release"]["weights_sha256"]) == 64
     assert card["input"]["preprocess"]["crop"] == 0.9 and card["input"]["dtype"] == "uint8"
-    assert [o["classes"] for o in card["outputs"]] == [["female", "male"]] * 2
-    ev = card["outputs"][0]["evaluation"][0]
-    assert ev["split"].startswith("val") and 0.0 <= ev["figures"]["accuracy"]["value"] <= 1.0
+    assert [o["classes"] for o in card["outputs"]] == [["female", "male"]] * len(KINDS)
+    test, val = card["outputs"][0]["evaluation"][0], card["outputs"][1]["evaluation"][0]
+    lo, hi = test["figures"]["accuracy"]["interval"]
+    assert test["split"] == "test" and lo <= test["figures"]["accuracy"]["value"] <= hi and test["n"] == 4
+    assert val["split"] == "val" and val["figures"]["accuracy"]["interval"] is None
     md = (exported.parent / "MODEL_CARD.md").read_text()
     assert card["onnx_sha256"] in md and "CC0" in md and "['female', 'male']" in md
+    assert "test split" in md and "95% percentile bootstrap over rows intervals" in md
     m = onnx.load(str(exported))
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["logreg.classes"]) == ["female", "male"]
