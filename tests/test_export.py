@@ -63,7 +63,7 @@ def toy_world(tmp_path_factory):
     """The toy family, two releases (per-image and fixed BGR preprocessing), its weights and a dataset."""
     mp = pytest.MonkeyPatch()
     mp.setitem(FAMILIES, "toy", Family(
-        arch="toy", build=build, default_tap="s3-gap",
+        arch="toy", build=build, default_tap="s3-gap", finetune={"s2": "s3"},
         taps=(TapInfo("s1", 4, 2, "convs.0"), TapInfo("s2", 6, 4, "convs.1"), TapInfo("s3", 8, 8, "convs.2"),
               TapInfo("emb", 5, 0, "emb", "vector"))))
     for name, pre in (("toy.v1", PER_IMAGE), ("toy.bgr", FIXED_BGR)):
@@ -262,3 +262,26 @@ def test_export_refuses_int8_heads_and_mixed_bases(toy_heads, tmp_path, capsys):
     err = one_line_error(capsys, ["export", "--head", str(heads["logreg"]), "--out", str(tmp_path / "c.onnx")])
     assert "weights" in err  # no --weights: the cached toy release is absent (one line, not a traceback)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.mark.slow
+def test_fine_tuned_model_folder_exports_the_same_way(toy_heads, tmp_path):
+    from featx.export import ExportOptions, export_onnx
+    from featx_cli.main import main
+
+    root, weights, photos, heads = toy_heads
+    model = tmp_path / "ft"
+    assert main(["fine-tune", "--backbone", "toy.v1", "--weights", str(weights), "--data",
+                 str(root / "data" / "labels.csv"), "--out", str(model), "--epochs", "1", "--batch-size", "8",
+                 "--from-tap", "s2", "--head-epochs", "1"]) == 0
+    out = tmp_path / "onnx" / "ft.onnx"
+    card = export_onnx([model], out, ExportOptions())
+    assert card["release"]["fine_tuned"] and card["release"]["weights_sha256"] != card_sha(weights)
+    want = featx_proba(model, photos, None)
+    assert np.abs(onnx_proba(out, photos) - want).max() <= PARITY
+
+
+def card_sha(path) -> str:
+    from featx.weights import sha256_file
+
+    return sha256_file(path)
