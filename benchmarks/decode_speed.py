@@ -29,7 +29,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from featx.data import load
-from featx.extract import AUTOCAST, Extractor, ImageRows, resolve_precision
+from featx.device import AUTOCAST, resolve_precision
+from featx.extract import Extractor
+from featx.reader import ImageRows
 from featx.images import open_rgb
 
 

@@ -48,7 +48,7 @@ def train_manifest(m: Manifest, n: int) -> Manifest:
 
 def train_heads(m: Manifest, base: str, work: Path, dtype: str) -> dict[str, Path]:
     from featx.extract import extract
-    from featx.heads import train
+    from featx.training import train
 
     store = work / f"{base}-{dtype}.zarr"
     extract(m, base, str(store), tap=BASES[base], precision="fp32", device="cpu", progress=False, workers=1,

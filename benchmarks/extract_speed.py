@@ -36,7 +36,8 @@ import torch
 
 from featx.backbones import tap_features
 from featx.data import load
-from featx.extract import AUTOCAST, Extractor, describe_device, resolve_device, resolve_precision
+from featx.device import AUTOCAST, describe_device, resolve_device, resolve_precision
+from featx.extract import Extractor
 from featx.releases import get_release
 from featx.weights import load_backbone, weights_dir
 
@@ -139,7 +140,7 @@ def decode_normalized(manifest, ex: Extractor, n: int, workers: int) -> torch.Te
     """The first n photos decoded, resized and normalised as featx does: float [n, 3, H, W] channels_last."""
     from torch.utils.data import DataLoader
 
-    from featx.extract import ImageRows
+    from featx.reader import ImageRows
 
     ds = ImageRows(manifest.root, manifest.paths[:n], ex.preprocess)
     parts = [ex.normalize(b[1]) for b in DataLoader(ds, batch_size=64, num_workers=workers)]  # b[1]: pixels

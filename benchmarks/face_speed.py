@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from featx.data import load
-from featx.extract import Extractor, cpu_flags
+from featx.device import cpu_flags
+from featx.extract import Extractor
 from featx.images import open_rgb
 from featx.weights import load_backbone
 

@@ -22,7 +22,8 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from featx.data import load
-from featx.extract import Extractor, ImageRows
+from featx.extract import Extractor
+from featx.reader import ImageRows
 from featx.weights import load_backbone
 
 

@@ -23,11 +23,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featx.backbones import forward_taps, trainable_stages
 from featx.data import load
-from featx.extract import cpu_flags, extract, resolve_precision
+from featx.device import cpu_flags, resolve_precision
+from featx.extract import extract
 from featx.finetune import FineTuneConfig, autocast_dtype
-from featx.finetune_data import MapBatches, PixelBatches
-from featx.finetune_model import TuneNet
-from featx.finetune_train import Loop, Optimiser
+from featx.finetune.data import MapBatches, PixelBatches
+from featx.finetune.model import TuneNet
+from featx.finetune.train import Loop, Optimiser
 from featx.store import FeatureStore
 from featx.weights import load_backbone
 

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from featx.data import load
-from featx.extract import Extractor, ImageRows
+from featx.extract import Extractor
+from featx.reader import ImageRows
 from featx.quantize import Int8Options, calibration_rows, quantize_int8
 
 

@@ -94,7 +94,7 @@ def toy_heads(toy_world):
     """Every head kind on the per-image release (float16 store, combined tap), and a logreg on the BGR
     release (float32 store with mirrored features, another tap), all trained on the toy photos."""
     from featx.extract import extract
-    from featx.heads import train
+    from featx.training import train
 
     root, weights = toy_world
     data = make_photos(root / "data")

@@ -40,7 +40,8 @@ def test_real_base_every_head_kind_matches_featx(base, utk, tmp_path_factory):
     from featx.data import Manifest
     from featx.export import ExportOptions, OnnxModel, export_onnx
     from featx.extract import extract
-    from featx.heads import load_head, train
+    from featx.heads import load_head
+    from featx.training import train
     from featx.images import open_rgb
     from featx.predict import HeadModel
 

@@ -134,9 +134,9 @@ def test_int8_is_its_own_release_variant_and_never_mixes():
 # --- through the runner (skipped until featx.extract offers --precision int8) ---------------
 
 def runner_offers_int8() -> bool:
-    import featx.extract as fx
+    import featx.device
 
-    return "int8" in getattr(fx, "PRECISIONS", ())
+    return "int8" in featx.device.PRECISIONS
 
 
 @pytest.mark.skipif(not runner_offers_int8(), reason="the runner does not offer --precision int8 yet")
