@@ -63,22 +63,36 @@ def evaluate(
 
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    head: Path = typer.Option(..., "--head", help="A folder written by `featx train-head`."),
+    head: Optional[Path] = typer.Option(None, "--head", help="A folder written by `featx train-head`."),
+    model: Optional[Path] = typer.Option(None, "--model", help="An ONNX file written by `featx export` "
+                                                               "(run with onnxruntime; its card must match)."),
+    output: Optional[str] = typer.Option(None, "--output", help="With --model: which head of a several-head file."),
     detect_faces: bool = typer.Option(False, "--detect-faces",
                                       help="Crop the largest face first (needs the extra featx\\[faces])."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help="With --head: auto | bf16 | fp32 (an exported "
+                                                              "file computes in fp32: give fp32 for its answers)."),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Predict labels for new photos: preprocessing -> backbone -> tap -> head."""
-    from featx.predict import iter_predictions
+    """Predict labels for new photos: preprocessing -> backbone -> tap -> head (--head), or an exported file (--model)."""
+    if (head is None) == (model is None):
+        raise FeatxError("give exactly one of --head DIR or --model FILE.onnx")
+    if model is not None:
+        from featx.export import iter_model_predictions
 
+        preds = iter_model_predictions(model, inputs, output=output, detect_faces=detect_faces,
+                                       batch_size=batch_size, device=device, progress=not quiet)
+    else:
+        from featx.predict import iter_predictions
+
+        preds = iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
+                                 device=device, progress=not quiet, precision=precision)
     results = []
-    for r in iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
-                              device=device, progress=not quiet):
+    for r in preds:
         results.append(r)
         if as_json:  # JSON lines, streamed
             print(json.dumps(r.to_dict()), flush=True)

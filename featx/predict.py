@@ -116,7 +116,7 @@ def backbone_of(head_dir, prov: dict) -> str:
 class HeadModel:
     """A saved head with the backbone and tap its features came from, checked against the card."""
 
-    def __init__(self, head, card: dict, weights=None, device: str = "auto", head_dir=None):
+    def __init__(self, head, card: dict, weights=None, device: str = "auto", head_dir=None, precision: str = "auto"):
         from .extract.extractor import Extractor
         from .weights import load_backbone
 
@@ -132,7 +132,7 @@ class HeadModel:
                              f"{want[:12]}; pass the weights file the store was extracted with")
         if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
             raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
-        self.ex = Extractor(backbone, tap=prov["tap"], device=device, precision="auto",
+        self.ex = Extractor(backbone, tap=prov["tap"], device=device, precision=precision,
                             dtype=prov.get("dtype") or "float32", loaded=loaded)
         self.head, self.classes = head, list(card["classes"])
 
@@ -195,11 +195,11 @@ def stream(model: HeadModel, paths: list[Path], cropper: FaceCropper | None,
 
 
 def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
-                     batch_size: int = 16, device: str = "auto", progress: bool = False) -> Iterator[Prediction]:
+                     batch_size: int = 16, device: str = "auto", progress: bool = False,
+                     precision: str = "auto") -> Iterator[Prediction]:
     """One Prediction per image (or per unusable input, with `error` set), in input order, as they come.
     `progress`: a bar on stderr (status lines in a log, for runs longer than a status period)."""
     from .heads import load_head
-    from .progress import progress_bar
 
     if batch_size < 1:
         raise FeatxError("--batch-size must be at least 1")
@@ -207,11 +207,23 @@ def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None
     prov = card.get("provenance", {})
     if not prov.get("release") or not prov.get("tap"):
         raise FeatxError(f"head card {head_dir} does not record the release and tap it was trained on")
+    yield from predict_with(lambda: HeadModel(head, card, weights, device, head_dir, precision), inputs,
+                            detect_faces=detect_faces, batch_size=batch_size, progress=progress)
+
+
+def predict_with(make_model, inputs, *, detect_faces: bool = False, batch_size: int = 16,
+                 progress: bool = False) -> Iterator[Prediction]:
+    """The photo handling every model shares: collect, decode, face crop, batch, stream in order.
+    make_model() -> an object with pixels(img) and label(batch), built only when there are photos."""
+    from .progress import progress_bar
+
+    if batch_size < 1:
+        raise FeatxError("--batch-size must be at least 1")
     cropper = FaceCropper() if detect_faces else None
     paths, errors = collect_images(inputs)
     yield from errors
     if paths:
-        model = HeadModel(head, card, weights, device, head_dir)
+        model = make_model()
         with progress_bar(progress, len(paths), 0, "predict", transient=True) as advance:
             for pred in stream(model, paths, cropper, batch_size):
                 advance(1)
@@ -225,5 +237,6 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
                                  batch_size=batch_size, device=device))
 
 
-__all__ = ["Prediction", "FaceCropper", "HeadModel", "collect_images", "iter_predictions", "predict_images",
+__all__ = ["Prediction", "FaceCropper", "HeadModel", "collect_images", "iter_predictions", "predict_with",
+           "predict_images",
            "FACE_MARGIN", "CASCADE", "PAD"]
