@@ -67,8 +67,11 @@ def predict(
     model: Optional[Path] = typer.Option(None, "--model", help="An ONNX file written by `featx export` "
                                                                "(run with onnxruntime; its card must match)."),
     output: Optional[str] = typer.Option(None, "--output", help="With --model: which head of a several-head file."),
-    detect_faces: bool = typer.Option(False, "--detect-faces",
-                                      help="Crop the largest face first (needs the extra featx\\[faces])."),
+    detect_faces: bool = typer.Option(False, "--detect-faces", help="Find every face first (dlib's CNN detector, "
+                                      "5 landmarks, the release's chip): one answer per face, with its box. Heads "
+                                      "trained on a --faces store use that stage without this flag."),
+    faces: Optional[str] = typer.Option(None, "--faces", help="The face step by name: none | detect | align, or "
+                                        "haar (fallback: OpenCV's Haar cascade, largest face + margin; featx[faces])."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
@@ -84,12 +87,12 @@ def predict(
     if model is not None:
         from featx.export import iter_model_predictions
 
-        preds = iter_model_predictions(model, inputs, output=output, detect_faces=detect_faces,
+        preds = iter_model_predictions(model, inputs, output=output, detect_faces=faces or detect_faces,
                                        batch_size=batch_size, device=device, progress=not quiet)
     else:
         from featx.predict import iter_predictions
 
-        preds = iter_predictions(head, inputs, weights=weights, detect_faces=detect_faces, batch_size=batch_size,
+        preds = iter_predictions(head, inputs, weights=weights, detect_faces=faces or detect_faces, batch_size=batch_size,
                                  device=device, progress=not quiet, precision=precision)
     results = []
     for r in preds:

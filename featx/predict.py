@@ -30,7 +30,8 @@ class Prediction:
     probability: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    face: list[int] | None = None  # x, y, w, h of the crop when --detect-faces
+    face: list[int] | None = None  # the face's box (left, top, right, bottom, inclusive) with a face stage
+    faces: int | None = None  # how many faces the photo has (each gets its own Prediction)
 
     def to_dict(self) -> dict:
         d = {"path": self.path}
@@ -39,7 +40,7 @@ class Prediction:
             return d
         d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
         if self.face is not None:
-            d["face"] = self.face
+            d["face"], d["faces"] = self.face, self.faces
         return d
 
 
@@ -60,14 +61,47 @@ def collect_images(inputs) -> tuple[list[Path], list[Prediction]]:
     return paths, errors
 
 
+class StageCropper:
+    """featx's face stage (dlib's CNN detector, 5 landmarks, the release's chip): every face, largest first."""
+
+    def __init__(self, mode: str, chip):
+        from .faces.stage import FaceStage
+
+        self.stage = FaceStage(mode, chip)
+
+    def crops(self, img) -> list[tuple[list[int], object]] | str:
+        """[(box, chip image), ...] for every face, or the reason there is none."""
+        from PIL import Image
+
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        found = self.stage.faces(rgb)
+        if not found:
+            return self.stage.reason_none(rgb)
+        return [(list(f.box), Image.fromarray(f.chip)) for f in found]
+
+
+def make_cropper(faces, model):
+    """The face step predict uses: `faces` False/None: the one the head's store was made with (none for
+    most); True: `align`; "none" | "detect" | "align": featx's face stage with the model's release chip;
+    "haar": the documented fallback (OpenCV's Haar cascade, the largest face plus a margin)."""
+    if faces in (None, False):
+        faces = getattr(model, "faces", None) or "none"
+    faces = "align" if faces is True else faces
+    if faces == "haar":
+        return FaceCropper()
+    if faces == "none":
+        return None
+    return StageCropper(faces, getattr(model, "chip", None))
+
+
 class FaceCropper:
-    """Crop the largest frontal face (OpenCV Haar cascade), with a margin."""
+    """The fallback face step: the largest frontal face (OpenCV Haar cascade), with a margin."""
 
     def __init__(self, margin: float = FACE_MARGIN):
         try:
             import cv2
         except ImportError:
-            raise FeatxError("--detect-faces needs OpenCV: pip install 'featx[faces]'") from None
+            raise FeatxError("--faces haar needs OpenCV: pip install 'featx[faces]'") from None
         if not hasattr(cv2, "CascadeClassifier"):
             raise FeatxError(f"OpenCV {cv2.__version__} has no Haar cascade detector; "
                              "pip install 'opencv-python-headless>=4.8,<5'")
@@ -76,6 +110,13 @@ class FaceCropper:
         if self.detector.empty():
             raise FeatxError(f"cannot load OpenCV's {CASCADE}")
         self.margin = margin
+
+    def crops(self, img) -> list[tuple[list[int], object]] | str:
+        box = self.box(img)
+        if box is None:
+            return "no face"
+        x0, y0, w, h = box
+        return [([x0, y0, x0 + w - 1, y0 + h - 1], img.crop((x0, y0, x0 + w, y0 + h)))]
 
     def box(self, img) -> list[int] | None:
         """[x, y, w, h] of the largest face plus margin, clipped to the image; None when none is found."""
@@ -135,6 +176,8 @@ class HeadModel:
         self.ex = Extractor(backbone, tap=prov["tap"], device=device, precision=precision,
                             dtype=prov.get("dtype") or "float32", loaded=loaded)
         self.head, self.classes = head, list(card["classes"])
+        self.chip = release.chip  # the face stage's chip, and the stage the head's store used
+        self.faces = (prov.get("faces") or {}).get("mode")
 
     def pixels(self, img) -> np.ndarray:
         """A photo resized and cropped as the release does, uint8 HWC."""
@@ -154,37 +197,33 @@ class HeadModel:
             pred.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
 
 
-def read_photo(pred: Prediction, path: Path, cropper: FaceCropper | None):
-    """The photo (face-cropped when asked), or None with pred.error set."""
+def read_photo(path: Path, cropper) -> list[tuple[Prediction, object]]:
+    """(Prediction, image) for the photo, or for each of its faces with a face step; an image of None
+    means the Prediction carries an error (unreadable photo, no face)."""
     from .images import ImageError, open_rgb
 
     try:
         img = open_rgb(path)
     except ImageError as e:
-        pred.error = e.reason
-        return None
+        return [(Prediction(str(path), error=e.reason), None)]
     if cropper is None:
-        return img
-    box = cropper.box(img)
-    if box is None:
-        pred.error = "no face found"
-        return None
-    pred.face = box
-    x0, y0, w, h = box
-    return img.crop((x0, y0, x0 + w, y0 + h))
+        return [(Prediction(str(path)), img)]
+    found = cropper.crops(img)
+    if isinstance(found, str):
+        return [(Prediction(str(path), error=found), None)]
+    return [(Prediction(str(path), face=box, faces=len(found)), crop) for box, crop in found]
 
 
-def stream(model: HeadModel, paths: list[Path], cropper: FaceCropper | None,
-           batch_size: int) -> Iterator[Prediction]:
-    """Predictions in path order, each yielded as soon as it and all before it are done."""
+def stream(model: HeadModel, paths: list[Path], cropper, batch_size: int) -> Iterator[Prediction]:
+    """Predictions in path order (a photo's faces largest first), each yielded as soon as it and all
+    before it are done."""
     queue: deque[Prediction] = deque()
     pending: list[tuple[Prediction, np.ndarray]] = []
     for path in paths:
-        pred = Prediction(str(path))
-        queue.append(pred)
-        img = read_photo(pred, path, cropper)
-        if img is not None:
-            pending.append((pred, model.pixels(img)))
+        for pred, img in read_photo(path, cropper):
+            queue.append(pred)
+            if img is not None:
+                pending.append((pred, model.pixels(img)))
         if len(pending) >= batch_size:
             model.label(pending)
             pending.clear()
@@ -219,14 +258,17 @@ def predict_with(make_model, inputs, *, detect_faces: bool = False, batch_size: 
 
     if batch_size < 1:
         raise FeatxError("--batch-size must be at least 1")
-    cropper = FaceCropper() if detect_faces else None
     paths, errors = collect_images(inputs)
     yield from errors
     if paths:
         model = make_model()
+        cropper = make_cropper(detect_faces, model)
         with progress_bar(progress, len(paths), 0, "predict", transient=True) as advance:
+            last = None
             for pred in stream(model, paths, cropper, batch_size):
-                advance(1)
+                if pred.path != last:
+                    advance(1)
+                last = pred.path
                 yield pred
 
 
@@ -237,6 +279,6 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
                                  batch_size=batch_size, device=device))
 
 
-__all__ = ["Prediction", "FaceCropper", "HeadModel", "collect_images", "iter_predictions", "predict_with",
+__all__ = ["Prediction", "FaceCropper", "StageCropper", "make_cropper", "HeadModel", "collect_images", "iter_predictions", "predict_with",
            "predict_images",
            "FACE_MARGIN", "CASCADE", "PAD"]
