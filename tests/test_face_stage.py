@@ -180,3 +180,11 @@ def test_real_stage_on_utkface(shared_utkface):
         if f:
             l, t, r, b = f[0].box
             assert f[0].chip.shape == (150, 150, 3) and 60 <= r - l <= 200
+
+
+def test_data_check_faces(tmp_path, fake_models, capsys):
+    data = square_data(tmp_path)
+    assert main(["data", "--data", str(data), "--out", str(tmp_path / "m.csv"), "--check-faces"]) == 0
+    out = capsys.readouterr().out
+    assert "faces: 10 photos with one, 1 with several (the largest is kept), 1 with none" in out
+    assert "none: " in out and "05.png" in out and "several: " in out and "07.png" in out

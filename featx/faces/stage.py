@@ -149,3 +149,25 @@ def eye_angle(shape5) -> float:
 def several_note(n: int) -> str:
     """The reason text kept for a usable photo with more than one face."""
     return f"{n} faces (largest kept)"
+
+
+def survey(paths, batch: int = 16, progress: bool = False) -> dict[str, list[str]]:
+    """Photos by face count before any extraction: {"none": [...], "one": [...], "several": [...],
+    "unreadable": [...]} (paths as given)."""
+    from ..images import ImageError, open_rgb
+    from ..progress import progress_bar
+
+    stage, out = FaceStage("detect", Chip("box", 2)), {"none": [], "one": [], "several": [], "unreadable": []}
+    with progress_bar(progress, len(paths), 0, "faces", transient=True) as advance:
+        for a in range(0, len(paths), batch):
+            chunk, imgs = [], []
+            for p in paths[a:a + batch]:
+                try:
+                    imgs.append(np.asarray(open_rgb(p), dtype=np.uint8))
+                    chunk.append(str(p))
+                except ImageError:
+                    out["unreadable"].append(str(p))
+            for p, found in zip(chunk, stage.detector(imgs, min_face=stage.min_face) if imgs else []):
+                out[("none", "one")[len(found)] if len(found) < 2 else "several"].append(p)
+            advance(len(paths[a:a + batch]))
+    return out
