@@ -85,7 +85,7 @@ def load_sources(head_dirs) -> list[Source]:
         sources.append(src)
     first = sources[0]
     for s in sources[1:]:
-        for key in ("release", "weights_sha256", "preprocess"):
+        for key in ("release", "weights_sha256", "preprocess", "faces"):
             if s.prov.get(key) != first.prov.get(key):
                 raise FeatxError(f"heads {first.dir} and {s.dir} stand on different bases ({key} differs); "
                                  "one ONNX file holds heads of one base")
@@ -289,6 +289,8 @@ def model_card(sources: list[Source], release, sha: str, backbone: str, out: Pat
                     "fine_tuned": bool(getattr(release, "lineage", None))},
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", p.size, p.size, 3],
                   "channels": "RGB", "chip": chip_text(p), "preprocess": p.to_dict(),
+                  "face_chip": release.chip.to_dict() if release.chip else None,
+                  "faces": (sources[0].prov.get("faces") or {}).get("mode"),
                   "in_graph": f"{p.channels} order, values {'0-255' if p.scale == 255 else '0-1'}, " + (
                       "per-image standardisation" if p.norm == "per-image" else f"minus mean {list(p.mean)}, "
                       f"divided by std {list(p.std)}")},
@@ -384,7 +386,7 @@ class OnnxModel:
     """An exported file under onnxruntime, checked against its card; pixels() and label() as HeadModel."""
 
     def __init__(self, path: str | Path, device: str = "auto", output: str | None = None):
-        from .releases import Preprocess
+        from .releases import Chip, Preprocess
 
         self.card = read_model_card(path)
         ort = need("onnxruntime")
@@ -401,6 +403,9 @@ class OnnxModel:
             raise FeatxError(f"{Path(path).name} has no output {output!r}; outputs: {', '.join(names)}")
         self.out = self.card["outputs"][names.index(output) if output else 0]
         self.preprocess = Preprocess.from_dict(self.card["input"]["preprocess"])
+        chip = self.card["input"].get("face_chip")
+        self.chip = Chip.from_dict(chip) if chip else None  # for --detect-faces, as HeadModel
+        self.faces = self.card["input"].get("faces")
 
     def run(self, chips: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [B, S, S, 3] -> {output name: answers}."""
