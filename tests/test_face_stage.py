@@ -5,6 +5,7 @@ that finds bright squares; the real models run on real photos in the real_data t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,21 +24,26 @@ CHIP = Chip("dlib5", 48, padding=0.25)
 
 
 class SquareDetector:
-    """Stand-in for dlib's CNN: every bright square (mean > 200) is a face, its box the square."""
+    """Stand-in for dlib's CNN: every bright square (mean > 200) of side >= min_face is a face, its box the
+    square; `calls` keeps the min_face of each search."""
+
+    calls: list = []
 
     window = 24
 
     def too_small(self, nr: int, nc: int, options=None) -> bool:
         return min(nr, nc) < self.window
 
-    def __call__(self, images, **kw):
+    def __call__(self, images, min_face=0, **kw):
+        SquareDetector.calls.append((len(images), min_face))
         out = []
         for a in images:
             labels, n = ndimage.label(np.asarray(a).mean(2) > 200)
             faces = []
             for sl in ndimage.find_objects(labels):
                 t, b, l, r = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
-                faces.append(Face((l, t, r, b), 1.0, (l, t, r, b)))
+                if r - l + 1 >= min_face:
+                    faces.append(Face((l, t, r, b), 1.0, (l, t, r, b)))
             out.append(faces)
         return out
 
@@ -72,7 +78,7 @@ def photo(path, squares, size=(120, 160)):
 
 
 def test_largest_face_kept_others_counted(tmp_path, fake_models):
-    photo(tmp_path / "two.png", [(10, 10, 30), (70, 30, 60)])
+    photo(tmp_path / "two.png", [(5, 10, 85), (100, 10, 100)], size=(120, 220))
     photo(tmp_path / "none.png", [])
     photo(tmp_path / "tiny.png", [], size=(16, 16))
     stage = FaceStage("align", CHIP)
@@ -83,11 +89,20 @@ def test_largest_face_kept_others_counted(tmp_path, fake_models):
     assert x.shape == (48, 48, 3) and int(x[30, 24, 0]) > 200 and int(x[2, 2, 0]) < 40  # the face, padded
     assert (ok2, why2) == (False, NO_FACE) and (ok3, why3) == (False, TOO_SMALL)
     faces = stage.faces(np.asarray(Image.open(tmp_path / "two.png")))
-    assert [f.box for f in faces] == [(70, 30, 129, 89), (10, 10, 39, 39)]  # largest first
+    assert [f.box for f in faces] == [(100, 10, 199, 109), (5, 10, 89, 94)]  # largest first
+
+
+def test_small_faces_searched_again_only_where_none_was_found(fake_models):
+    SquareDetector.calls.clear()
+    big = np.asarray(Image.open(photo(Path("/tmp/featx-big.png"), [(10, 10, 90)], size=(120, 120))))
+    small = np.asarray(Image.open(photo(Path("/tmp/featx-small.png"), [(10, 10, 50)], size=(120, 120))))
+    found = FaceStage("align", CHIP).faces_many([big, small])
+    assert [len(f) for f in found] == [1, 1] and found[1][0].box == (10, 10, 59, 59)
+    assert SquareDetector.calls == [(2, 80.0), (1, 40.0)]  # the second search for the small face's photo only
 
 
 def test_modes_and_chips(fake_models):
-    a = np.asarray(Image.open(photo(__import__("pathlib").Path("/tmp") / "featx-one.png", [(40, 20, 60)])))
+    a = np.asarray(Image.open(photo(Path("/tmp/featx-one.png"), [(40, 20, 60)])))
     dlib5 = FaceStage("align", CHIP).faces(a)[0].chip
     boxed = FaceStage("detect", CHIP).faces(a)[0].chip
     assert dlib5.shape == boxed.shape == (48, 48, 3)
@@ -124,7 +139,7 @@ def square_data(tmp_path):
     root = tmp_path / "data"
     lines = ["path,label"]
     for i in range(12):
-        sq = [] if i == 5 else [(20 + i, 20, 70)] + ([(150, 100, 30)] if i == 7 else [])
+        sq = [] if i == 5 else [(20 + i, 20, 90)] + ([(115, 115, 85)] if i == 7 else [])
         photo(root / f"{i:02d}.png", sq, size=(200, 200))
         lines.append(f"{i:02d}.png,{'ab'[i % 2]}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
@@ -152,13 +167,13 @@ def test_predict_answers_every_face(tmp_path, fake_models, dlib_like, tiny_weigh
     assert main(["extract", "--backbone", "vgg16.hed", "--data", str(data), "--store", str(store), "--weights",
                  str(tiny_weights), "--workers", "0", "-q", "--faces", "align"]) == 0
     assert main(["train-head", "--store", str(store), "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
-    group = photo(tmp_path / "group.png", [(10, 10, 50), (100, 60, 80)], size=(200, 200))
+    group = photo(tmp_path / "group.png", [(5, 5, 90), (100, 100, 95)], size=(200, 200))
     blank = photo(tmp_path / "blank.png", [], size=(200, 200))
     capsys.readouterr()
     assert main(["predict", "--head", str(tmp_path / "h"), str(group), str(blank), "--weights", str(tiny_weights),
                  "--json", "-q"]) == 0  # the head's store used --faces align: predict uses it too
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x.get("face") for x in lines] == [[100, 60, 179, 139], [10, 10, 59, 59], None]
+    assert [x.get("face") for x in lines] == [[100, 100, 194, 194], [5, 5, 94, 94], None]
     assert lines[0]["faces"] == 2 and lines[0]["label"] in ("a", "b") and lines[2]["error"] == NO_FACE
 
 

@@ -22,7 +22,8 @@ from ..releases import Chip
 from .chip import box_chip_details, cut, extract_chip
 
 MODES = ("none", "detect", "align")
-MIN_FACE = 80  # photo pixels: the detector's own window, so no upsampling (faces a chip can use)
+MIN_FACE = 80  # photo pixels: the detector's own window, so no upsampling: the first search
+SMALL_FACE = 40  # photos where none is found are searched again from here (dlib's upsample-1 geometry)
 DETECT_MARGIN = 0.5  # a dlib5 release under `detect`: its box grown to about the aligned chip's extent
 NO_FACE = "no face"
 TOO_SMALL = "too small for the face detector"
@@ -49,11 +50,12 @@ def check_mode(mode: str) -> str:
 class FaceStage:
     """Detector and landmark models (loaded on first use) and the chip a release wants."""
 
-    def __init__(self, mode: str, chip: Chip | None, min_face: float = MIN_FACE, device: str = "cpu"):
+    def __init__(self, mode: str, chip: Chip | None, min_face: float = MIN_FACE, device: str = "cpu",
+                 small_face: float = SMALL_FACE):
         self.mode = check_mode(mode)
         if mode != "none" and chip is None:
             raise FeatxError(f"--faces {mode}: this release states no face chip; use --faces none")
-        self.chip, self.min_face, self.device = chip, float(min_face), device
+        self.chip, self.min_face, self.small_face, self.device = chip, float(min_face), float(small_face), device
         self._detector = self._landmarks = None
 
     def __getstate__(self) -> dict:  # decode workers load their own models
@@ -86,7 +88,7 @@ class FaceStage:
             return None
         from .models import DETECTOR, LANDMARKS5
 
-        d = {"mode": self.mode, "chip": self.chip.to_dict(), "min_face": self.min_face,
+        d = {"mode": self.mode, "chip": self.chip.to_dict(), "min_face": self.min_face, "small_face": self.small_face,
              "detector_sha256": DETECTOR.sha256}
         if self.mode == "align":
             d["landmarks_sha256"] = LANDMARKS5.sha256
@@ -94,7 +96,7 @@ class FaceStage:
 
     def faces_many(self, images: list[np.ndarray]) -> list[list[Found]]:
         """Every face of every image (uint8 H x W x 3), largest first; detection batched."""
-        dets = self.detector(images, min_face=self.min_face)
+        dets = self.detect(images)
         boxes = [np.array([f.box for f in d], np.float64).reshape(-1, 4) for d in dets]
         shapes = self.landmarks.many(images, boxes) if self.mode == "align" else [None] * len(images)
         out = []
@@ -103,6 +105,16 @@ class FaceStage:
                      for k, f in enumerate(d)]
             out.append(sorted(found, key=lambda f: -f.area))
         return out
+
+    def detect(self, images: list[np.ndarray]) -> list[list]:
+        """Faces from min_face (no upsampling: cheap, and enough where faces are large); photos with none
+        are searched again from small_face."""
+        dets = self.detector(images, min_face=self.min_face)
+        again = [i for i, d in enumerate(dets) if not d and min(images[i].shape[:2]) >= self.small_face]
+        if again and self.small_face < self.min_face:
+            for i, d in zip(again, self.detector([images[i] for i in again], min_face=self.small_face)):
+                dets[i] = d
+        return dets
 
     def faces(self, image: np.ndarray) -> list[Found]:
         return self.faces_many([image])[0]
@@ -134,8 +146,10 @@ class FaceStage:
 
     def reason_none(self, image: np.ndarray) -> str:
         """Why a photo gave no face: too small to search, or searched and nothing found."""
+        from .detect import DetectOptions
+
         h, w = image.shape[:2]
-        return TOO_SMALL if self.detector.too_small(h, w) else NO_FACE
+        return TOO_SMALL if self.detector.too_small(h, w, DetectOptions(min_face=self.small_face)) else NO_FACE
 
 
 def eye_angle(shape5) -> float:
@@ -167,7 +181,7 @@ def survey(paths, batch: int = 16, progress: bool = False) -> dict[str, list[str
                     chunk.append(str(p))
                 except ImageError:
                     out["unreadable"].append(str(p))
-            for p, found in zip(chunk, stage.detector(imgs, min_face=stage.min_face) if imgs else []):
+            for p, found in zip(chunk, stage.detect(imgs) if imgs else []):
                 out[("none", "one")[len(found)] if len(found) < 2 else "several"].append(p)
             advance(len(paths[a:a + batch]))
     return out
