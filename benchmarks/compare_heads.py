@@ -21,6 +21,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.heads import HEADS, load_head
+from featx.heads.registry import get_head_class
 from featx.metrics import compute_metrics
 from featx.report import evaluate
 from featx.report.compare import compare
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", action="append", required=True, help="feature store (repeat for several)")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--heads", default=",".join(HEADS), help=f"comma list (default: {','.join(HEADS)})")
+    classifiers = [k for k in HEADS if get_head_class(k).task == "classify"]
+    ap.add_argument("--heads", default=",".join(classifiers), help=f"comma list (default: {','.join(classifiers)})")
     ap.add_argument("--split", default="test", help="split scored (default test)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--class-weight", default=None)

@@ -69,10 +69,10 @@ def parity(heads: dict[str, Path], onnx_all: Path, photos: list[Path]) -> dict[s
     from featx.export import OnnxModel
     from featx.heads import load_head
     from featx.images import open_rgb
-    from featx.predict import HeadModel
+    from featx.predict import HeadModel, load_heads
 
     head, card = load_head(heads["logreg"])
-    hm = HeadModel(head, card, None, "cpu", heads["logreg"], "fp32")
+    hm = HeadModel(load_heads(heads["logreg"]), None, "cpu", "fp32")
     om = OnnxModel(onnx_all, "cpu", "logreg")
     chips = np.stack([hm.pixels(open_rgb(p)) for p in photos])
     assert np.array_equal(chips, np.stack([om.pixels(open_rgb(p)) for p in photos]))
@@ -99,11 +99,11 @@ def timed(make, photos: list[Path]) -> tuple[float, np.ndarray]:
 def speed(head_dir: Path, onnx_file: Path, photos: list[Path], rounds: int) -> dict:
     from featx.export import OnnxModel
     from featx.heads import load_head
-    from featx.predict import HeadModel
+    from featx.predict import HeadModel, load_heads
 
     def featx_model():
         head, card = load_head(head_dir)
-        return HeadModel(head, card, None, "auto", head_dir)
+        return HeadModel(load_heads(head_dir), None, "auto")
 
     t0 = time.perf_counter()
     m = featx_model()

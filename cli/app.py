@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import compare_cmd, data_cmd, export_cmd, extract_cmd, finetune_cmd, heads_cmd, store_cmd, weights_cmd
+from . import compare_cmd, data_cmd, export_cmd, extract_cmd, finetune_cmd, heads_cmd, labels_cmd, store_cmd, weights_cmd
 
 
 def _version(value: bool) -> None:
@@ -23,8 +23,8 @@ def _root(
 
 
 def build() -> typer.Typer:
-    """The `featx` app: data, weights list|get|import|verify, extract, store verify|repair, train-head, evaluate,
-    predict, fine-tune."""
+    """The `featx` app: data, weights list|get|import|verify, extract, store verify|repair, labels list|add|type,
+    train-head, evaluate, predict, fine-tune."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.callback()(_root)
     app.command("data")(data_cmd.data)
@@ -44,7 +44,13 @@ def build() -> typer.Typer:
     store = typer.Typer(help="Check a feature store against its checksums; recompute bad shards.")
     store.command("verify")(store_cmd.verify)
     store.command("repair")(store_cmd.repair)
+    store.command("upgrade")(store_cmd.upgrade)
     app.add_typer(store, name="store")
+    labels = typer.Typer(help="The targets of a feature store: list them, join new ones by path, retype one.")
+    labels.command("list")(labels_cmd.list_)
+    labels.command("add")(labels_cmd.add)
+    labels.command("type")(labels_cmd.type_)
+    app.add_typer(labels, name="labels")
     return app
 
 

@@ -43,6 +43,11 @@ def fine_tune(
                                     help="Epochs of the head alone on frozen features before the stages train "
                                          "(0: none; one extra forward of the trainable stages)."),
     seed: int = typer.Option(0, "--seed"),
+    target: str = typer.Option("label", "--target", help="The target to learn (`featx labels list`); numeric "
+                               "targets are regressed under --task auto."),
+    task: str = typer.Option("auto", "--task", help="auto, classify or regress."),
+    loss: str = typer.Option("smooth_l1", "--loss", help="Regression loss on the standardised target: smooth_l1 "
+                             "or l1."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for the base release."),
     cache: Optional[str] = typer.Option(None, "--cache", callback=checks.store_target, help="Prefix store (default: under cache/features)."),
     name: Optional[str] = typer.Option(None, "--name", help="Release name (default: BASE+FOLDER)."),
@@ -57,12 +62,14 @@ def fine_tune(
     s = run(data, backbone, out, unfreeze=unfreeze, from_tap=from_tap, lr=lr, layer_decay=layer_decay,
             head_lr=head_lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, warmup=warmup,
             label_smoothing=label_smoothing, head=head, hidden=hidden, dropout=dropout, augment=augment,
-            shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, weights=weights,
+            shift=shift, balance=balance, patience=patience, head_epochs=head_epochs, seed=seed, target=target,
+            task=task, loss=loss, weights=weights,
             cache=cache, name=name, device=device, precision=precision, workers=workers, progress=not quiet)
     t = s.get("test") or {}
     alone = " (0: the head alone)" if s["best_epoch"] == 0 else ""
-    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{alone}; val accuracy {s['val_accuracy']:.4f}"
-               + (f"; test accuracy {t['accuracy']:.4f} ({t['n']} images)" if t else "")
-               + "".join(f"; {g} {t[f'accuracy_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
-                         if f"accuracy_{g}" in t)
+    key = "mae" if s.get("task") == "regress" else "accuracy"
+    typer.echo(f"best epoch {s['best_epoch']} of {s['epochs_run']}{alone}; val {key} {s[f'val_{key}']:.4f}"
+               + (f"; test {key} {t[key]:.4f} ({t['n']} images)" if t else "")
+               + "".join(f"; {g} {t[f'{key}_{g}']:.4f} ({t[f'n_{g}']})" for g in ("adults", "children")
+                         if f"{key}_{g}" in t)
                + f"; {s['wall_seconds']:.0f}s; use it with --backbone {out} or --head {out}")

@@ -39,3 +39,15 @@ def repair(
     if s.get("note"):
         typer.echo(s["note"])
     typer.echo(summary_line(s))
+
+
+def upgrade(store: str = typer.Argument(..., callback=checks.store_source, help="Feature store path or URL.")) -> None:
+    """Turn a store of format 1 (one manifest, made by an older featx) into one keyed by image content, in place:
+    its rows become one target set; no feature is recomputed."""
+    from featx.store import StoreWriter, writer_lock
+
+    with writer_lock(store, "featx store upgrade"):
+        w = StoreWriter.open(store)
+        was = w.version
+        w.upgrade()
+    typer.echo(f"{store}: format {was} -> {w.version}" + ("" if was < w.version else " (nothing to do)"))

@@ -61,6 +61,8 @@ class Manifest:
     source: str = "csv"  # "folder" | "csv" | "celeba" | "utkface"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out while loading
     split_by: str = ""  # how the splits were made, for display
+    types: dict[str, str] = field(default_factory=dict)  # declared target types (featx.targets), else inferred
+    origin: str | None = None  # the --data it was loaded from (names its target set in a store)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -105,7 +107,8 @@ class Manifest:
             root=self.root, paths=pick(self.paths), labels=pick(self.labels), splits=pick(self.splits),
             groups=pick(self.groups) if self.groups is not None else None,
             extras={k: pick(v) for k, v in self.extras.items()},
-            source=self.source, skipped=list(self.skipped), split_by=self.split_by,
+            source=self.source, skipped=list(self.skipped), split_by=self.split_by, types=dict(self.types),
+            origin=self.origin,
         )
 
     def _full_paths(self) -> list[str]:
@@ -283,6 +286,7 @@ def load(data: str | Path, *, attribute: str = "Male", seed: int = 0, ratios=(0.
         pct = "/".join(f"{100 * r:g}" for r in ratios)
         m.split_by = f"seed {seed}, {pct} train/val/test, stratified by label" + (
             ", group-disjoint" if m.groups is not None else "")
+    m.origin = str(data)
     return m
 
 
@@ -437,6 +441,54 @@ def _load_csv(path: Path) -> Manifest:
                     extras=extras, source="csv", split_by="the source's split column" if splits else "")
 
 
+@dataclass
+class Columns:
+    """A CSV of `path` plus any columns (for `featx labels add`): paths relative to `root`."""
+
+    root: Path
+    paths: list[str]
+    columns: dict[str, list[str]]
+    lines: list[int]
+
+
+def load_columns(data: str | Path) -> Columns:
+    """path,COL,... from a CSV (paths relative to it, kept inside it as in any manifest); every other
+    column is kept, values stripped. Duplicate paths and missing columns are one-line errors."""
+    path = Path(data).expanduser()
+    if not path.is_file():
+        raise FeatxError(f"data not found: {data}")
+    path = path.resolve()
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        rows = [(reader.line_num, r) for r in reader if any(x.strip() for x in r)]
+    except csv.Error as e:
+        raise FeatxError(f"{path}: malformed CSV: {e}") from None
+    header = [h.strip() for h in rows[0][1]] if rows else []
+    low = [h.lower() for h in header]
+    if "path" not in low:
+        raise FeatxError(f"{path}: needs a path column (found: {','.join(header) or 'nothing'})")
+    if len(set(low)) != len(low):
+        raise FeatxError(f"{path}: repeated column names in header: {','.join(header)}")
+    climb_ok = _wrote(text)
+    pk = low.index("path")
+    out = Columns(path.parent, [], {h: [] for k, h in enumerate(header) if k != pk}, [])
+    for line, r in rows[1:]:
+        where = f"{path.name} line {line}"
+        if len(r) != len(header):
+            raise FeatxError(f"{where}: {len(r)} columns but the header has {len(header)} ({','.join(header)})")
+        out.paths.append(_inside(path.parent, r[pk], where, climb_ok))
+        out.lines.append(line)
+        for k, h in enumerate(header):
+            if k != pk:
+                out.columns[h].append(r[k].strip())
+    seen: set[str] = set()
+    dups = [p for p in out.paths if p in seen or seen.add(p)]
+    if dups:
+        raise FeatxError(f"{len(dups)} duplicate paths in {path}, e.g. {', '.join(dups[:3])}")
+    return out
+
+
 def _utf8_name(folder: Path | str, name: str) -> str:
     """`name`, or a one-line FeatxError naming the file when its name is not valid UTF-8."""
     try:
@@ -521,7 +573,7 @@ def _load_utkface(root: Path, names: list[str]) -> Manifest:
         ages.append(str(int(m.group(1))))
         races.append(m.group(3))
     return Manifest(root=root, paths=paths, labels=labels, splits=[""] * len(paths), extras={"age": ages, "race": races},
-                    source="utkface", skipped=skipped)
+                    source="utkface", skipped=skipped, types={"age": "numeric", "race": "categorical"})
 
 
 def _celeba_table(path: Path) -> dict[str, str]:
@@ -537,7 +589,13 @@ def _celeba_table(path: Path) -> dict[str, str]:
     return out
 
 
+def celeba_values(attr: str) -> tuple[str, str]:
+    """(positive, negative) class names of a CelebA attribute: male/female, smiling/not_smiling, ..."""
+    return ("male", "female") if attr == "Male" else (attr.lower(), f"not_{attr.lower()}")
+
+
 def _load_celeba(root: Path, attribute: str) -> Manifest:
+    """`attribute` is one attribute (the label) or "all": the label is Male and every attribute is a column."""
     attr_file, part_file = root / CELEBA_ATTR, root / CELEBA_PARTITION
     if not part_file.is_file():
         raise FeatxError(f"CelebA root {root} has no {CELEBA_PARTITION}")
@@ -546,23 +604,27 @@ def _load_celeba(root: Path, attribute: str) -> Manifest:
         raise FeatxError(f"{attr_file} is not a CelebA attribute file (line 1 should be the image count)")
     names = lines[1].split()
     lookup = {a.lower(): a for a in names}
-    attr = lookup.get((attribute or "Male").strip().lower())
+    every = (attribute or "").strip().lower() == "all"
+    attr = lookup.get("male" if every else (attribute or "Male").strip().lower())
     if attr is None:
-        raise FeatxError(f"unknown CelebA attribute {attribute!r}; choose from: {', '.join(names)}")
-    k = names.index(attr) + 1
-    pos, neg = ("male", "female") if attr == "Male" else (attr.lower(), f"not_{attr.lower()}")
-    files, labels = [], []
+        raise FeatxError(f"unknown CelebA attribute {attribute!r}; choose from: all, {', '.join(names)}")
+    keep = {a: names.index(a) + 1 for a in (names if every else [attr])}
+    values = {a: celeba_values(a) for a in keep}
+    files, cols = [], {a: [] for a in keep}
     for n, line in enumerate(lines[2:], 3):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != len(names) + 1:
             raise FeatxError(f"{CELEBA_ATTR} line {n}: {len(parts)} columns, expected {len(names) + 1} (image + attributes)")
-        v = parts[k]
-        if v not in ("1", "-1", "0"):
-            raise FeatxError(f"{CELEBA_ATTR} line {n}: {attr} is {v!r}, expected 1 or -1")
         files.append(parts[0])
-        labels.append(pos if v == "1" else neg)
+        for a, k in keep.items():
+            v = parts[k]
+            if v not in ("1", "-1", "0"):
+                raise FeatxError(f"{CELEBA_ATTR} line {n}: {a} is {v!r}, expected 1 or -1")
+            cols[a].append(values[a][0] if v == "1" else values[a][1])
+    labels = cols[attr]
+    extras = cols if every else {}
     part = _celeba_table(part_file)
     nopart = [f for f in files if f not in part]
     if nopart:
@@ -579,4 +641,4 @@ def _load_celeba(root: Path, attribute: str) -> Manifest:
         groups = [ident.get(f, "") for f in files]
     paths = [_inside(root, f"{CELEBA_IMAGES}/{f}", CELEBA_ATTR) for f in files]
     return Manifest(root=root, paths=paths, labels=labels, splits=splits, groups=groups, source="celeba",
-                    split_by="CelebA's official partition")
+                    split_by="CelebA's official partition", extras=extras, types={a: "categorical" for a in extras})

@@ -416,9 +416,12 @@ class OnnxModel:
         return np.array(self.preprocess.resize_crop(img), dtype=np.uint8)
 
     def label(self, batch: list) -> None:
+        """Fill in each Prediction of [(Prediction, image), ...] (as featx.predict.HeadModel.label)."""
         if not batch:
             return
-        proba = self.run(np.stack([a for _, a in batch]))[self.out["name"]]
+        proba = self.run(np.stack([self.pixels(img) for _, img in batch]))[self.out["name"]]
+        for pred, _ in batch:
+            pred.answered = True
         classes = self.out["classes"]
         for (pred, _), p in zip(batch, proba):
             k = int(p.argmax())

@@ -3,7 +3,9 @@ group buckets they are split by, and their error bars and paired tests (bootstra
 calibration, exact McNemar). Pure arithmetic at the bottom of the stack: imports nothing of featx's
 but its errors.
 
-The bootstrap recomputes the
+Regression heads get their own
+metrics (`regression_metrics`: mae, rmse, r2, within_5, bias, median_ae) and intervals
+(`regression_interval_block`). The bootstrap recomputes the
 same definitions on resampled rows (binary: the positive class is the second class; more classes:
 macro averages over the classes present), so an interval always describes the number it sits beside.
 """
@@ -66,6 +68,8 @@ def ordered_buckets(labels: np.ndarray) -> list[str]:
 
 
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
+REGRESSION_KEYS = ("mae", "rmse", "r2", "within_5")  # metrics.json keys of a regression head, with intervals
+WITHIN = 5.0  # within_5: the share of rows with |prediction - truth| <= 5 units
 N_BOOT = 1000
 SEED = 0
 LEVEL = 0.95
@@ -308,3 +312,96 @@ def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndar
             g["class_counts"] = {c: int(v) for c, v in zip(classes, np.bincount(y[sel], minlength=K))}
             m["groups"][col][b] = g
     return m
+
+
+# ---------- regression ----------
+
+def _as_pair(y, pred) -> tuple[np.ndarray, np.ndarray]:
+    y, pred = np.asarray(y, np.float64).reshape(-1), np.asarray(pred, np.float64).reshape(-1)
+    if len(y) != len(pred):
+        raise FeatxError(f"{len(y)} targets but {len(pred)} predictions")
+    if not (np.isfinite(y).all() and np.isfinite(pred).all()):
+        raise FeatxError("targets and predictions must be finite numbers")
+    return y, pred
+
+
+def weighted_regression(y, pred, w: np.ndarray) -> dict[str, np.ndarray]:
+    """The REGRESSION_KEYS metrics [B] under row weights w [B, n] (NaN where undefined: r2 of a constant)."""
+    y, pred = _as_pair(y, pred)
+    err = pred - y
+    n = w.sum(axis=1)
+    mse = _safe_div(w @ err ** 2, n)
+    y_mean = _safe_div(w @ y, n)
+    total = w @ y ** 2 - n * y_mean ** 2  # weighted sum of squares about the weighted mean
+    total = np.where(total > 1e-12 * np.maximum(w @ y ** 2, 1e-300), total, 0.0)
+    return {"mae": _safe_div(w @ np.abs(err), n), "rmse": np.sqrt(mse),
+            "r2": np.where(total > 0, 1.0 - _safe_div(w @ err ** 2, total), np.nan),
+            "within_5": _safe_div(w @ (np.abs(err) <= WITHIN).astype(np.float64), n)}
+
+
+def regression_metrics(y, pred, groups: dict[str, np.ndarray] | None = None) -> dict:
+    """n, mae, rmse, r2, within_5, bias (mean of prediction - truth), median_ae, and the same per group bucket.
+
+    groups: {column: bucket label per row}. Undefined values (r2 when the truth is constant, anything on
+    no rows) are None.
+    """
+    y, pred = _as_pair(y, pred)
+    m = _regression_scores(y, pred)
+    m["groups"] = {}
+    for col, labels in (groups or {}).items():
+        labels = np.asarray(labels, dtype=str)
+        m["groups"][col] = {b: _regression_scores(y[labels == b], pred[labels == b]) for b in ordered_buckets(labels)}
+    return m
+
+
+def _regression_scores(y: np.ndarray, pred: np.ndarray) -> dict:
+    n = int(len(y))
+    if n == 0:
+        return {"n": 0, **{k: None for k in REGRESSION_KEYS}, "bias": None, "median_ae": None}
+    vals = weighted_regression(y, pred, np.ones((1, n)))
+    out = {"n": n, **{k: _finite(v[0]) for k, v in vals.items()}}
+    err = pred - y
+    out.update({"bias": float(err.mean()), "median_ae": float(np.median(np.abs(err)))})
+    return out
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def regression_intervals(y, pred, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL,
+                         chunk: int = 200) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals {mae, rmse, r2, within_5: [low, high]} (None when never defined), seeded."""
+    y, pred = _as_pair(y, pred)
+    if len(y) == 0:
+        return {key: None for key in REGRESSION_KEYS}
+    draws = {key: [] for key in REGRESSION_KEYS}
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:  # chunks bound the [B, n] weight matrix
+        b = min(chunk, n_boot - done)
+        w = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=b).astype(np.float64)
+        for key, vals in weighted_regression(y, pred, w).items():
+            draws[key].append(vals)
+        done += b
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for key in REGRESSION_KEYS:
+        vals = np.concatenate(draws[key])
+        vals = vals[~np.isnan(vals)]
+        out[key] = [float(v) for v in np.percentile(vals, [tail, 100 - tail])] if vals.size else None
+    return out
+
+
+def regression_interval_block(y, pred, groups: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT,
+                              seed: int = SEED, level: float = LEVEL) -> dict:
+    """metrics.json "intervals" for a regression head: overall and per group bucket, method spelled out."""
+    y, pred = _as_pair(y, pred)
+    block = {"method": "percentile bootstrap over rows", "n_boot": n_boot, "seed": seed, "level": level,
+             "overall": regression_intervals(y, pred, n_boot, seed, level), "groups": {}}
+    for col, labels in (groups or {}).items():
+        labels = np.asarray(labels, dtype=str)
+        block["groups"][col] = {str(b): regression_intervals(y[labels == b], pred[labels == b], n_boot, seed, level)
+                                for b in dict.fromkeys(labels.tolist())}
+    return block

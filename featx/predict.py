@@ -32,13 +32,21 @@ class Prediction:
     error: str | None = None
     face: list[int] | None = None  # the face's box (left, top, right, bottom, inclusive) with a face stage
     faces: int | None = None  # how many faces the photo has (each gets its own Prediction)
+    value: float | None = None  # a regression head's answer
+    heads: dict[str, dict] | None = None  # several heads: each head's answer, by head name
+    answered: bool = False
 
     def to_dict(self) -> dict:
         d = {"path": self.path}
         if self.error is not None:
             d["error"] = self.error
             return d
-        d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
+        if self.heads is not None:
+            d["heads"] = self.heads
+        elif self.value is not None:
+            d["value"] = self.value
+        else:
+            d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
         if self.face is not None:
             d["face"], d["faces"] = self.face, self.faces
         return d
@@ -81,7 +89,7 @@ class StageCropper:
 
 
 def make_cropper(faces, model):
-    """The face step predict uses: `faces` False/None: the one the head's store was made with (none for
+    """The face step predict uses: `faces` False/None: the one the heads' store was made with (none for
     most); True: `align`; "none" | "detect" | "align": featx's face stage with the model's release chip;
     "haar": the documented fallback (OpenCV's Haar cascade, the largest face plus a margin)."""
     if faces in (None, False):
@@ -154,47 +162,125 @@ def backbone_of(head_dir, prov: dict) -> str:
     return prov["release"]
 
 
-class HeadModel:
-    """A saved head with the backbone and tap its features came from, checked against the card."""
+@dataclass
+class SavedHead:
+    """A loaded head, its card, its folder and its name in the output."""
 
-    def __init__(self, head, card: dict, weights=None, device: str = "auto", head_dir=None, precision: str = "auto"):
+    name: str
+    head: object
+    card: dict
+    folder: Path
+
+    def answer(self, X: np.ndarray) -> list[dict]:
+        """Each row's answer: {label, probability, probabilities} or, for a regressed target, {value}."""
+        if self.card.get("task") == "regress":
+            return [{"value": float(v)} for v in self.head.predict(X)]
+        classes = list(self.card["classes"])
+        out = []
+        for p in self.head.predict_proba(X):
+            k = int(p.argmax())
+            out.append({"label": classes[k], "probability": float(p[k]),
+                        "probabilities": {c: float(v) for c, v in zip(classes, p)}})
+        return out
+
+
+def checked_base(saved: SavedHead, weights=None):
+    """(backbone, loaded base) a head's features came from, its weights and preprocessing checked."""
+    from .weights import load_backbone
+
+    prov = saved.card.get("provenance", {})
+    release_name = prov.get("release")
+    backbone = backbone_of(saved.folder, prov)
+    loaded = load_backbone(backbone, weights)
+    release, _, sha = loaded
+    want = prov.get("weights_sha256")
+    if want and sha != want:
+        where = f"--weights {weights}" if weights else f"the cached weights of {release_name}"
+        raise FeatxError(f"{where} have sha256 {sha[:12]}, but the head was trained on features from weights "
+                         f"{want[:12]}; pass the weights file the store was extracted with")
+    if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
+        raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
+    return backbone, loaded
+
+
+class Base:
+    """One base (backbone, weights, preprocessing, dtype) and every head on it: one forward per photo
+    for all of them, at the union of their taps; each head reads its own columns."""
+
+    def __init__(self, backbone: str, loaded, dtype: str, heads: list[SavedHead], device: str = "auto",
+                 precision: str = "auto"):
+        from .backbones import tap_dim
         from .extract.extractor import Extractor
-        from .weights import load_backbone
 
-        prov = card.get("provenance", {})
-        release_name = prov.get("release")
-        backbone = backbone_of(head_dir, prov) if head_dir is not None else release_name
-        loaded = load_backbone(backbone, weights)
-        release, _, sha = loaded
-        want = prov.get("weights_sha256")
-        if want and sha != want:
-            where = f"--weights {weights}" if weights else f"the cached weights of {release_name}"
-            raise FeatxError(f"{where} have sha256 {sha[:12]}, but the head was trained on features from weights "
-                             f"{want[:12]}; pass the weights file the store was extracted with")
-        if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
-            raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
-        self.ex = Extractor(backbone, tap=prov["tap"], device=device, precision=precision,
-                            dtype=prov.get("dtype") or "float32", loaded=loaded)
-        self.head, self.classes = head, list(card["classes"])
-        self.chip = release.chip  # the face stage's chip, and the stage the head's store used
-        self.faces = (prov.get("faces") or {}).get("mode")
+        parts = list(dict.fromkeys(p for h in heads for p in h.card["provenance"]["tap"].split("+")))
+        self.ex = Extractor(backbone, tap="+".join(parts), device=device, precision=precision, dtype=dtype,
+                            loaded=loaded)
+        dims = [int(np.prod(tap_dim(self.ex.model, p, self.ex.preprocess.size, self.ex.device))) for p in parts]
+        start = dict(zip(parts, np.cumsum([0] + dims[:-1])))
+        size = dict(zip(parts, dims))
+        self.heads = [(h, np.concatenate([np.arange(start[p], start[p] + size[p])
+                                          for p in h.card["provenance"]["tap"].split("+")])) for h in heads]
 
-    def pixels(self, img) -> np.ndarray:
-        """A photo resized and cropped as the release does, uint8 HWC."""
-        return np.array(self.ex.preprocess.resize_crop(img), dtype=np.uint8)
-
-    def label(self, batch: list[tuple[Prediction, np.ndarray]]) -> None:
-        """Fill in label and probabilities of each Prediction from its pixels."""
+    def answer(self, imgs: list) -> list[dict[str, dict]]:
+        """{head name: answer} for each photo."""
         import torch
 
+        pixels = np.stack([np.array(self.ex.preprocess.resize_crop(im), dtype=np.uint8) for im in imgs])
+        feats, _ = self.ex(torch.from_numpy(pixels))
+        feats = np.asarray(feats, np.float32).reshape(len(imgs), -1)
+        out: list[dict[str, dict]] = [{} for _ in imgs]
+        for h, cols in self.heads:
+            for o, a in zip(out, h.answer(feats[:, cols])):
+                o[h.name] = a
+        return out
+
+
+class HeadModel:
+    """Saved heads with the bases their features came from: heads on the same base share its forward."""
+
+    def __init__(self, heads: list[SavedHead], weights=None, device: str = "auto", precision: str = "auto"):
+        groups: dict[tuple, tuple] = {}
+        for h in heads:
+            backbone, loaded = checked_base(h, weights)
+            prov = h.card["provenance"]
+            key = (backbone, loaded[2], str(prov.get("preprocess")), prov.get("dtype") or "float32")
+            groups.setdefault(key, (loaded, []))[1].append(h)
+        self.bases = [Base(k[0], loaded, k[3], hs, device, precision) for k, (loaded, hs) in groups.items()]
+        self.single = heads[0].name if len(heads) == 1 else None
+        modes = {(h.card["provenance"].get("faces") or {}).get("mode") for h in heads}
+        if len(modes) > 1:
+            raise FeatxError(f"the heads' stores used different face stages ({', '.join(map(str, modes))}); "
+                             "predict with them separately")
+        self.faces = modes.pop()  # the face stage the heads were trained behind: predict uses it too
+        chips = {b.ex.release.chip for b in self.bases}
+        self.chip = chips.pop() if len(chips) == 1 else None  # the chip --detect-faces cuts
+
+    @property
+    def ex(self):
+        """The (first) base's Extractor."""
+        return self.bases[0].ex
+
+    def pixels(self, img) -> np.ndarray:
+        """A photo resized and cropped as the (first) base's release does, uint8 HWC."""
+        return np.array(self.bases[0].ex.preprocess.resize_crop(img), dtype=np.uint8)
+
+    def label(self, batch: list[tuple[Prediction, object]]) -> None:
+        """Fill in each Prediction's answers from its photo."""
         if not batch:
             return
-        feats, _ = self.ex(torch.from_numpy(np.stack([a for _, a in batch])))
-        proba = self.head.predict_proba(np.asarray(feats, np.float32))
-        for (pred, _), p in zip(batch, proba):
-            k = int(p.argmax())
-            pred.label, pred.probability = self.classes[k], float(p[k])
-            pred.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+        answers: list[dict] = [{} for _ in batch]
+        for base in self.bases:
+            for a, b in zip(answers, base.answer([img for _, img in batch])):
+                a.update(b)
+        for (pred, _), a in zip(batch, answers):
+            pred.answered = True
+            if self.single is None:
+                pred.heads = a
+                continue
+            one = a[self.single]
+            pred.value = one.get("value")
+            pred.label, pred.probability = one.get("label"), one.get("probability")
+            pred.probabilities = one.get("probabilities", {})
 
 
 def read_photo(path: Path, cropper) -> list[tuple[Prediction, object]]:
@@ -214,46 +300,63 @@ def read_photo(path: Path, cropper) -> list[tuple[Prediction, object]]:
     return [(Prediction(str(path), face=box, faces=len(found)), crop) for box, crop in found]
 
 
-def stream(model: HeadModel, paths: list[Path], cropper, batch_size: int) -> Iterator[Prediction]:
+def stream(model, paths: list[Path], cropper, batch_size: int) -> Iterator[Prediction]:
     """Predictions in path order (a photo's faces largest first), each yielded as soon as it and all
-    before it are done."""
+    before it are done. `model.label(batch)` answers [(Prediction, image), ...]."""
     queue: deque[Prediction] = deque()
-    pending: list[tuple[Prediction, np.ndarray]] = []
+    pending: list[tuple[Prediction, object]] = []
     for path in paths:
         for pred, img in read_photo(path, cropper):
             queue.append(pred)
             if img is not None:
-                pending.append((pred, model.pixels(img)))
+                pending.append((pred, img))
         if len(pending) >= batch_size:
             model.label(pending)
             pending.clear()
-        while queue and (queue[0].error is not None or queue[0].label is not None):
+        while queue and (queue[0].error is not None or queue[0].answered):
             yield queue.popleft()
     model.label(pending)
     yield from queue
 
 
-def iter_predictions(head_dir: str | Path, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
-                     batch_size: int = 16, device: str = "auto", progress: bool = False,
-                     precision: str = "auto") -> Iterator[Prediction]:
-    """One Prediction per image (or per unusable input, with `error` set), in input order, as they come.
-    `progress`: a bar on stderr (status lines in a log, for runs longer than a status period)."""
+def load_heads(head_dirs) -> list[SavedHead]:
+    """Saved heads by folder, named by their folder's name (which must differ)."""
     from .heads import load_head
 
-    if batch_size < 1:
-        raise FeatxError("--batch-size must be at least 1")
-    head, card = load_head(head_dir)
-    prov = card.get("provenance", {})
-    if not prov.get("release") or not prov.get("tap"):
-        raise FeatxError(f"head card {head_dir} does not record the release and tap it was trained on")
-    yield from predict_with(lambda: HeadModel(head, card, weights, device, head_dir, precision), inputs,
+    dirs = [head_dirs] if isinstance(head_dirs, (str, Path)) else list(head_dirs)
+    if not dirs:
+        raise FeatxError("no --head given")
+    out = []
+    for d in dirs:
+        head, card = load_head(d)
+        prov = card.get("provenance", {})
+        if not prov.get("release") or not prov.get("tap"):
+            raise FeatxError(f"head card {d} does not record the release and tap it was trained on")
+        out.append(SavedHead(Path(d).resolve().name, head, card, Path(d)))
+    names = [h.name for h in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FeatxError(f"two heads in folders named {twice[0]!r}: answers are keyed by folder name; rename one")
+    return out
+
+
+def iter_predictions(head_dir, inputs, *, weights: str | Path | None = None, detect_faces=False,
+                     batch_size: int = 16, device: str = "auto", progress: bool = False,
+                     precision: str = "auto") -> Iterator[Prediction]:
+    """One Prediction per image (per face with a face stage; per unusable input, with `error` set), in
+    input order, as they come. `head_dir`: one head folder, or several (answers in Prediction.heads, by
+    folder name; heads on the same base share one forward per photo). `detect_faces`: see make_cropper.
+    `progress`: a bar on stderr (status lines in a log)."""
+    heads = load_heads(head_dir)
+    yield from predict_with(lambda: HeadModel(heads, weights, device, precision), inputs,
                             detect_faces=detect_faces, batch_size=batch_size, progress=progress)
 
 
-def predict_with(make_model, inputs, *, detect_faces: bool = False, batch_size: int = 16,
+def predict_with(make_model, inputs, *, detect_faces=False, batch_size: int = 16,
                  progress: bool = False) -> Iterator[Prediction]:
-    """The photo handling every model shares: collect, decode, face crop, batch, stream in order.
-    make_model() -> an object with pixels(img) and label(batch), built only when there are photos."""
+    """The photo handling every model shares: collect, decode, face step, batch, stream in order.
+    make_model() -> an object with label(batch) (and chip / faces for the face step), built only when
+    there are photos."""
     from .progress import progress_bar
 
     if batch_size < 1:
@@ -279,6 +382,6 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
                                  batch_size=batch_size, device=device))
 
 
-__all__ = ["Prediction", "FaceCropper", "StageCropper", "make_cropper", "HeadModel", "collect_images", "iter_predictions", "predict_with",
-           "predict_images",
+__all__ = ["Prediction", "FaceCropper", "StageCropper", "make_cropper", "HeadModel", "SavedHead", "collect_images",
+           "iter_predictions", "predict_with", "predict_images", "load_heads",
            "FACE_MARGIN", "CASCADE", "PAD"]

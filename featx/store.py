@@ -1,4 +1,5 @@
-"""The feature store: one Zarr v3 group per (manifest, release, weights, tap, preprocessing).
+"""The feature store: one Zarr v3 group per (release, weights, tap, preprocessing, dtype, flip); rows are
+images, keyed by content (the digest of each file's bytes), never by labels.
 
 Layout (the group attrs hold the full provenance, written before any feature):
   features       [N, D] or [N, C, H, W]  fp16/fp32, chunked by rows (>= ~1 MB) and sharded by rows
@@ -8,8 +9,14 @@ Layout (the group attrs hold the full provenance, written before any feature):
   row_hash       [N] str, a digest of each image file's bytes (resume recomputes rows whose file changed)
   checksums      [n_shards] str, sha256 of a written shard's decoded rows: `verify` compares it
   done           [n_shards] bool, one chunk each: a shard's marker, set only after its data and checksum
-  labels [N] int64, split [N] str, paths [N] str, group [N] str (when the manifest has groups),
-  extras/<k> [N] str (attrs["extras"] names the columns)           written once, at creation
+  paths          [N] str, each row's path relative to its segment's root (attrs["segments"])
+  targets/<id>/  one target set per manifest (featx.targets): rows (store row of each manifest row),
+                 paths, split, group, columns/<k>; its attrs name it and type its columns
+
+Rows grow in segments (attrs["segments"]: [start, stop, root]): a manifest with new images appends a
+segment that starts on a shard boundary, so finished shards are never rewritten. Rows between
+segments belong to no shard and no target set. Stores of format 1 (keyed by the manifest hash, labels
+in root arrays) still open and read, as one target set; `upgrade` turns them into format 2.
 
 The unit of work is one shard (a row range). Only one writer may ever write a shard
 (Zarr has no locking), which `plan_units` + `StoreWriter.write_unit` make natural, and only one
@@ -28,7 +35,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -39,9 +46,9 @@ import zarr
 from .errors import FeatxError
 
 FORMAT = "featx-store"
-FORMAT_VERSION = 1
-# Two stores are the same extraction only when all of these agree.
-IDENTITY_KEYS = ("manifest_hash", "release", "weights_sha256", "tap", "preprocess", "dtype", "flip", "faces")
+FORMAT_VERSION = 2  # 2: rows keyed by image content, target sets; 1: one manifest per store
+# Two stores hold the same features only when all of these agree (format 1 also had the manifest hash).
+IDENTITY_KEYS = ("release", "weights_sha256", "tap", "preprocess", "dtype", "flip", "faces")
 CHUNK_BYTES = 1 << 20  # at least about 1 MB a chunk
 MAX_SHARD_ROWS = 2048  # the unit of work: small enough to lose little on a crash
 MAX_SHARD_BYTES = 64 << 20  # a shard is assembled in memory before it is written
@@ -130,7 +137,6 @@ def check_identity(attrs: dict, identity: dict, name: str) -> None:
     have = attrs.get("identity", {})
     identity = json.loads(json.dumps(identity))  # compare as stored (tuples become lists)
     words = {
-        "manifest_hash": "other data (manifest {a:.12} vs {b:.12})",
         "release": "release {a!r}, not {b!r}",
         "weights_sha256": "other weights (sha256 {a:.12} vs {b:.12})",
         "tap": "tap {a!r}, not {b!r}",
@@ -157,18 +163,50 @@ def unit_checksum(features: np.ndarray, flips: np.ndarray | None, ok: np.ndarray
     return h.hexdigest()
 
 
-class StoreWriter:
-    """Write access to a featx store: plan the unfinished shards, write one shard at a time."""
+class Geometry:
+    """Rows, segments and shards of a store (shared by the writer and the reader).
+
+    A shard k covers rows k*S up to the end of its segment or S rows, whichever comes first."""
+
+    def _geometry(self, attrs: dict) -> None:
+        self.n = int(attrs["n"])
+        self.rows_per_shard = int(attrs["rows_per_shard"])
+        root = str(attrs.get("manifest_root", ""))
+        self.segments = [(int(a), int(b), str(r)) for a, b, r in attrs.get("segments") or [[0, self.n, root]]]
+        self.n_shards = math.ceil(self.n / self.rows_per_shard)
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        a = k * self.rows_per_shard
+        stop = next((b for s, b, _ in self.segments if s <= a < b), None)
+        if stop is None:
+            raise ValueError(f"shard {k} is outside this store")
+        return a, min(a + self.rows_per_shard, stop)
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        return [self.shard_range(k) for k in range(self.n_shards)]
+
+    def real_rows(self) -> np.ndarray:
+        """True for rows in a segment (False for the gaps between segments)."""
+        m = np.zeros(self.n, bool)
+        for a, b, _ in self.segments:
+            m[a:b] = True
+        return m
+
+
+class StoreWriter(Geometry):
+    """Write access to a featx store: plan the unfinished shards, write one shard at a time, grow by
+    a segment, write target sets."""
 
     def __init__(self, group: zarr.Group, name: str):
         self.group, self.name = group, name
         self.attrs = dict(group.attrs)
-        self.n = int(self.attrs["n"])
-        self.rows_per_shard = int(self.attrs["rows_per_shard"])
+        self._geometry(self.attrs)
         self.dim = tuple(self.attrs["dim"])
         self.dtype = self.attrs["dtype"]
         self.flip = bool(self.attrs["flip"])
         self.checked = "checksums" in group  # stores made before featx 0.2 have no checksums
+        self.version = int(self.attrs["featx"].get("version", 1))
 
     @classmethod
     def open(cls, store: StoreArg) -> "StoreWriter":
@@ -179,13 +217,8 @@ class StoreWriter:
             raise FeatxError(f"store {store_name(store)} was never fully created; rerun featx extract")
         return cls(group, store_name(store))
 
-    @property
-    def shards(self) -> list[tuple[int, int]]:
-        s = self.rows_per_shard
-        return [(a, min(a + s, self.n)) for a in range(0, self.n, s)]
-
     def done(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:], dtype=bool)
+        return np.asarray(self.group["done"][:self.n_shards], dtype=bool)
 
     def unit_done(self, k: int) -> bool:
         return bool(self.group["done"][k])
@@ -200,19 +233,19 @@ class StoreWriter:
 
     def shard_index(self, start: int, stop: int) -> int:
         k, r = divmod(start, self.rows_per_shard)
-        if r or stop != min(start + self.rows_per_shard, self.n):
+        if r or k >= self.n_shards or (start, stop) != self.shard_range(k):
             raise ValueError(f"({start}, {stop}) is not a shard of this store")
         return k
 
     def paths(self) -> np.ndarray:
-        return read_strings(self.group["paths"])
+        return read_strings(self.group["paths"], slice(0, self.n))
 
     def ok(self) -> np.ndarray:
-        return np.asarray(self.group["ok"][:], dtype=bool)
+        return np.asarray(self.group["ok"][:self.n], dtype=bool) & self.real_rows()
 
     def skipped(self, limit: int = 100) -> tuple[int, list[dict]]:
         """(count, first `limit` of {row, path, reason}) of rows whose image failed."""
-        bad = np.flatnonzero(~self.ok())
+        bad = np.flatnonzero(~self.ok() & self.real_rows())
         first = bad[:limit]
         reasons = read_strings(self.group["reason"], first) if first.size else []
         paths = read_strings(self.group["paths"], first) if first.size else []
@@ -220,7 +253,7 @@ class StoreWriter:
                                for i, p, r in zip(first, paths, reasons)]
 
     def row_hashes(self) -> np.ndarray | None:
-        return read_strings(self.group["row_hash"]) if "row_hash" in self.group else None
+        return read_strings(self.group["row_hash"], slice(0, self.n)) if "row_hash" in self.group else None
 
     def write_unit(self, start: int, stop: int, features: np.ndarray, ok: np.ndarray,
                    reasons: list[str] | np.ndarray, features_flip: np.ndarray | None = None,
@@ -248,9 +281,9 @@ class StoreWriter:
             g["checksums"][k] = unit_checksum(f, ff, ok, reasons)
         g["done"][k] = True  # the marker comes last: a crash before it means "redo this shard"
 
-    def reader(self) -> "FeatureStore":
+    def reader(self, targets: str | None = None) -> "FeatureStore":
         """A reading view of this store (it may be unfinished: only finished shards should be read)."""
-        return FeatureStore(self.group, self.name)
+        return FeatureStore(self.group, self.name, targets)
 
     def reset_units(self, ks) -> None:
         """Mark shards as not done and drop their stored bytes, so the next run writes them afresh."""
@@ -258,7 +291,7 @@ class StoreWriter:
 
         for k in map(int, ks):
             self.group["done"][k] = False
-            for name in ("features", "features_flip", "ok", "reason", "row_hash"):
+            for name in ("features", "features_flip", "ok", "reason"):
                 if name in self.group:
                     arr = self.group[name]
                     key = arr.metadata.chunk_key_encoding.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
@@ -268,6 +301,213 @@ class StoreWriter:
         """Only the single coordinating process may call this (attrs are one object)."""
         self.group.attrs.update(values)
         self.attrs.update(values)
+
+    # --- growing by content ---
+    def match(self, digests) -> np.ndarray:
+        """The store row of each image digest (a distinct row per repeat), -1 for images not stored yet."""
+        from .targets import multiset_match
+
+        stored = self.row_hashes()
+        return multiset_match(stored if stored is not None else np.zeros(0, str), list(digests))
+
+    def grow(self, paths, digests, root: str) -> np.ndarray:
+        """Append a segment of rows (not computed yet) for new images; returns their store rows.
+
+        The arrays grow first and the attrs (n, segments) last: a crash in between leaves the store as
+        it was, with a longer tail that nothing reads and the next grow reuses."""
+        k = len(paths)
+        if k == 0:
+            return np.zeros(0, np.int64)
+        if not self.checked or "row_hash" not in self.group:
+            raise FeatxError(f"store {self.name} predates checksums and cannot grow; extract into a new --store")
+        start = math.ceil(self.n / self.rows_per_shard) * self.rows_per_shard
+        stop = start + k
+        g = self.group
+        for name in ("features", "features_flip", "ok", "reason", "row_hash", "paths"):
+            if name in g:
+                g[name].resize((stop, *g[name].shape[1:]))
+        n_shards = math.ceil(stop / self.rows_per_shard)
+        for name, empty in (("checksums", ""), ("done", False)):
+            g[name].resize((n_shards,))
+            g[name][self.n_shards:n_shards] = np.asarray([empty] * (n_shards - self.n_shards))
+        g["paths"][start:stop] = np.asarray(paths, dtype=str)
+        g["row_hash"][start:stop] = np.asarray(digests, dtype=str)
+        segments = [list(s) for s in self.segments] + [[start, stop, str(root)]]
+        self.update_attrs({"n": stop, "n_shards": n_shards, "segments": segments, "complete": False})
+        self._geometry(self.attrs)
+        return np.arange(start, stop, dtype=np.int64)
+
+    # --- target sets ---
+    def write_target_set(self, ts, current: bool = True) -> str:
+        """Add (or replace, by manifest hash) a target set; returns its id. The list in the attrs is
+        written last, so a crash leaves an unlisted group that the next write replaces."""
+        ids = list(self.attrs.get("target_sets", []))
+        same = [i for i in ids if self.group[f"targets/{i}"].attrs.get("manifest_hash") == ts.manifest_hash]
+        sid = same[0] if same else _free_id(ids)
+        _write_set(self.group, sid, ts)
+        self.update_attrs({"target_sets": ids if same else ids + [sid], "current_set": sid if current else
+                           self.attrs.get("current_set", sid)})
+        return sid
+
+    def add_columns(self, sid: str, columns: dict[str, np.ndarray], kinds: dict[str, str]) -> None:
+        """New typed columns on target set `sid`: arrays first, the set's column list last."""
+        g = self.group[f"targets/{sid}"]
+        have = [list(c) for c in g.attrs["columns"]]
+        n = int(g["rows"].shape[0])
+        for j, (name, values) in enumerate(columns.items(), start=len(have)):
+            _strings(g, f"columns/{j}", values, n)
+            have.append([name, kinds[name]])
+        g.attrs["columns"] = have
+        self.update_attrs({"current_set": sid})
+
+    def set_kind(self, sid: str, name: str, kind: str) -> None:
+        g = self.group[f"targets/{sid}"]
+        g.attrs["columns"] = [[c, kind if c == name else k] for c, k in g.attrs["columns"]]
+
+    def upgrade(self) -> None:
+        """A format-1 store (one manifest, labels in root arrays) becomes format 2 in place: its rows
+        become target set s0; no feature is touched. Digests missing from old stores stay empty."""
+        if self.version >= 2:
+            return
+        ts = legacy_set(self.group, self.attrs)
+        g = self.group
+        if "row_hash" not in g:
+            g.create_array("row_hash", shape=(self.n,), chunks=(self.rows_per_shard,), dtype=str)
+        _write_set(g, "s0", ts)
+        identity = {k: v for k, v in self.attrs["identity"].items() if k != "manifest_hash"}
+        self.update_attrs({"featx": {**self.attrs["featx"], "version": FORMAT_VERSION}, "identity": identity,
+                           "segments": [[0, self.n, self.attrs.get("manifest_root", "")]],
+                           "target_sets": ["s0"], "current_set": "s0", "upgraded_from": 1})
+        self.checked = "checksums" in g
+        self.version = FORMAT_VERSION
+
+    def fill_hashes(self, rows: np.ndarray, digests) -> None:
+        """Digests for rows that have none (stores upgraded from format 1, rows not computed yet)."""
+        g = self.group["row_hash"]
+        have = read_strings(g, slice(0, self.n))
+        rows = np.asarray(rows, np.int64)
+        want = np.asarray(digests, dtype=str)
+        empty = have[rows] == ""
+        if empty.any():
+            have[rows[empty]] = want[empty]
+            g[:self.n] = have
+
+
+def attach(w: StoreWriter, manifest, digests, name: str | None = None) -> dict:
+    """Map a manifest onto the store by content, under the writer lock: a format-1 store is upgraded
+    first, images not stored yet get rows in a new segment (computed later, as unfinished shards), and
+    the manifest becomes a target set. Returns {rows, new, kept, set}."""
+    from .targets import TargetSet, set_name
+
+    digests = [str(d) for d in digests]
+    if w.version < 2:
+        same = w.attrs.get("identity", {}).get("manifest_hash") == manifest.hash()
+        if not same and not w.is_complete():
+            raise FeatxError(f"store {w.name} was started by an older featx with another manifest and is "
+                             "unfinished; finish it with the command that started it, or use another --store")
+        w.upgrade()
+        if same:
+            w.fill_hashes(np.arange(len(manifest)), digests)
+    rows = w.match(digests)
+    new = np.flatnonzero(rows < 0)
+    if new.size:
+        root = Path(manifest.root).resolve().as_posix()
+        rows[new] = w.grow([manifest.paths[i] for i in new], [digests[i] for i in new], root)
+    sets = set_infos(w.group, w.attrs)
+    mine = [s["name"] for s in sets if s["manifest_hash"] == manifest.hash()]
+    ts = TargetSet.from_manifest(manifest, rows, name or (mine[0] if mine else
+                                                          set_name(manifest, [s["name"] for s in sets])))
+    w.write_target_set(ts)
+    return {"rows": rows, "new": int(new.size), "kept": int(len(rows) - new.size), "set": ts.name}
+
+
+def image_paths(w: StoreWriter, manifest=None, rows=None) -> list[str]:
+    """Absolute image path of every store row: from its segment's root, or, for the rows of `manifest`
+    (store rows `rows`), from the manifest as given now (the data may have moved)."""
+    stored = w.paths()
+    out = [""] * w.n
+    for a, b, root in w.segments:
+        for i in range(a, b):
+            out[i] = os.path.normpath(os.path.join(root, stored[i]))
+    if manifest is not None:
+        for i, r in enumerate(rows):
+            out[int(r)] = str(manifest.abspath(i))
+    return out
+
+
+def set_infos(g: zarr.Group, attrs: dict) -> list[dict]:
+    """[{id, name, n, manifest_hash, current}] of a format-2 store's target sets, in the order added."""
+    out = []
+    for sid in attrs.get("target_sets", []):
+        t = g[f"targets/{sid}"]
+        out.append({"id": sid, "name": t.attrs["name"], "n": int(t["rows"].shape[0]),
+                    "manifest_hash": t.attrs["manifest_hash"], "current": sid == attrs.get("current_set")})
+    return out
+
+
+def _free_id(ids: list[str]) -> str:
+    k = len(ids)
+    while f"s{k}" in ids:
+        k += 1
+    return f"s{k}"
+
+
+def _strings(g: zarr.Group, name: str, values, n: int) -> None:
+    arr = g.create_array(name, shape=(n,), chunks=(max(1, min(n, 65536)),), dtype=str, overwrite=True)
+    if n:
+        arr[:] = np.asarray(values, dtype=str)
+
+
+def _write_set(g: zarr.Group, sid: str, ts) -> None:
+    """A target set's arrays, then its attrs (the column list), under targets/<sid>."""
+    t = g.require_group("targets").create_group(sid, overwrite=True)
+    n = len(ts.rows)
+    arr = t.create_array("rows", shape=(n,), chunks=(max(1, min(n, 65536)),), dtype="int64")
+    if n:
+        arr[:] = np.asarray(ts.rows, np.int64)
+    _strings(t, "paths", ts.paths, n)
+    _strings(t, "split", ts.split, n)
+    if ts.groups is not None:
+        _strings(t, "group", ts.groups, n)
+    for j, name in enumerate(ts.columns):
+        _strings(t, f"columns/{j}", ts.columns[name], n)
+    t.attrs.update({"name": ts.name, "manifest_hash": ts.manifest_hash, "root": str(ts.root), "source": ts.source,
+                    "columns": [[c, ts.kinds[c]] for c in ts.columns], "extra": ts.extra})
+
+
+def read_set(g: zarr.Group, sid: str):
+    """The TargetSet stored under targets/<sid>."""
+    from .targets import LazyColumns, TargetSet
+
+    t = g[f"targets/{sid}"]
+    a = dict(t.attrs)
+    index = {name: j for j, (name, _) in enumerate(a["columns"])}
+    cols = LazyColumns(index, lambda name: read_strings(t[f"columns/{index[name]}"]))
+    return TargetSet(name=a["name"], manifest_hash=a["manifest_hash"], root=a["root"],
+                     rows=np.asarray(t["rows"][:], np.int64), paths=read_strings(t["paths"]),
+                     split=read_strings(t["split"]), columns=cols, kinds={c: k for c, k in a["columns"]},
+                     groups=read_strings(t["group"]) if "group" in t else None, source=a.get("source", "csv"),
+                     extra=a.get("extra", {}))
+
+
+def legacy_set(g: zarr.Group, attrs: dict):
+    """The one target set of a format-1 store, from its root arrays."""
+    from pathlib import PurePath
+
+    from .targets import TargetSet, infer_kind
+
+    n = int(attrs["n"])
+    classes = np.asarray(attrs["classes"], dtype=str)
+    cols = {"label": classes[np.asarray(g["labels"][:], np.int64)]}
+    cols.update({name: read_strings(g[f"extras/{k}"]) for k, name in enumerate(attrs.get("extras", []))})
+    kinds = {c: infer_kind(c, v) for c, v in cols.items()}
+    src = (attrs.get("command") or {}).get("data")
+    name = PurePath(src).stem if src else "manifest"
+    return TargetSet(name=name, manifest_hash=str(attrs.get("manifest_hash", "")),
+                     root=str(attrs.get("manifest_root", "")), rows=np.arange(n, dtype=np.int64),
+                     paths=read_strings(g["paths"]), split=read_strings(g["split"]), columns=cols, kinds=kinds,
+                     groups=read_strings(g["group"]) if "group" in g else None,
+                     source=str(attrs.get("manifest_source") or "csv"), extra={"from": "format 1"})
 
 
 def read_strings(arr: zarr.Array, sel=slice(None)) -> np.ndarray:
@@ -299,32 +539,42 @@ def open_for_extract(store: StoreArg, identity: dict) -> StoreWriter | None:
 
 
 def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: tuple[int, ...],
-           rows_per_shard: int | None = None, rows_per_chunk: int | None = None) -> StoreWriter:
-    """Create the group with its full provenance first, then the arrays, then mark it ready.
+           rows_per_shard: int | None = None, rows_per_chunk: int | None = None, digests=None) -> StoreWriter:
+    """Create the group with its full provenance first, then the arrays and the manifest's target set,
+    then mark it ready. One row per manifest row; `digests` (one per row) key the rows by content.
 
     `manifest` is a featx.data.Manifest; `identity` has IDENTITY_KEYS.
     """
+    from .targets import TargetSet
+    from .targets import set_name as name_of
+
     n = len(manifest)
     if n == 0:
         raise FeatxError("the dataset has no images")
     dtype = identity["dtype"]
     dim = tuple(int(d) for d in dim)
     chunk, shard = layout(n, dim, dtype, rows_per_shard, rows_per_chunk)
-    extras = dict(manifest.extras or {})
+    root = Path(manifest.root).resolve().as_posix()
     attrs = {
         "featx": {"format": FORMAT, "version": FORMAT_VERSION, "state": "creating"},
         "identity": identity,
         **provenance,
         **{k: identity.get(k) for k in IDENTITY_KEYS},
-        "n": n, "dim": list(dim), "classes": list(manifest.classes), "extras": list(extras),
+        "n": n, "dim": list(dim),
         "rows_per_chunk": chunk, "rows_per_shard": shard, "n_shards": math.ceil(n / shard),
-        "manifest_root": Path(manifest.root).resolve().as_posix(),  # a hint: runs read from the --data given
+        "segments": [[0, n, root]],
+        "manifest_root": root,  # a hint: runs read from the --data given
         "manifest_source": getattr(manifest, "source", None),
     }
     g = zarr.open_group(_as_store(store), mode="w", attributes=attrs)
     _create_arrays(g, n, dim, dtype, chunk, shard, identity["flip"])
-    _write_rows(g, manifest, extras)
-    g.attrs["featx"] = {**attrs["featx"], "state": "ready"}
+    _strings(g, "paths", manifest.paths, n)
+    if digests is not None:
+        g["row_hash"][:] = np.asarray(digests, dtype=str)
+    ts = TargetSet.from_manifest(manifest, np.arange(n), name_of(manifest))
+    _write_set(g, "s0", ts)
+    g.attrs.update({"target_sets": ["s0"], "current_set": "s0",
+                    "featx": {**attrs["featx"], "state": "ready"}})
     return StoreWriter(g, store_name(store))
 
 
@@ -339,22 +589,6 @@ def _create_arrays(g: zarr.Group, n: int, dim: tuple, dtype: str, chunk: int, sh
     g.create_array("row_hash", shape=(n,), chunks=(shard,), dtype=str)
     g.create_array("checksums", shape=(n_shards,), chunks=(1,), dtype=str)
     g.create_array("done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False)
-
-
-def _write_rows(g: zarr.Group, manifest, extras: dict) -> None:
-    n = len(manifest)
-
-    def strings(name: str, values) -> None:
-        g.create_array(name, shape=(n,), chunks=(min(n, 65536),), dtype=str)[:] = np.asarray(values, dtype=str)
-
-    lab = g.create_array("labels", shape=(n,), chunks=(min(n, 65536),), dtype="int64")
-    lab[:] = np.asarray(manifest.label_ids(), dtype=np.int64)
-    strings("split", manifest.splits)
-    strings("paths", manifest.paths)
-    if manifest.groups is not None:
-        strings("group", manifest.groups)
-    for k, name in enumerate(extras):
-        strings(f"extras/{k}", extras[name])
 
 
 def plan_units(store: StoreArg | StoreWriter) -> list[tuple[int, int]]:
@@ -408,26 +642,77 @@ def _holder(fd: int) -> str:
 
 # --- reading ----------------------------------------------------------------------------------
 
-class FeatureStore:
-    """Read-only view of a finished featx store. Every shard is verified against its checksum
+class FeatureStore(Geometry):
+    """Read-only view of a finished featx store, through one target set and one target.
+
+    Row arrays (labels, values, split, paths, extras, ok) are indexed by store row; rows outside the
+    target set have split "" and never appear in `indices`. Every shard is verified against its checksum
     the first time any of its rows is read; a shard that does not verify is a one-line error."""
 
-    def __init__(self, group: zarr.Group, name: str):
+    def __init__(self, group: zarr.Group, name: str, targets: str | None = None, target: str = "label",
+                 task: str = "auto"):
         self.group, self.name = group, name
         self.attrs: dict = dict(group.attrs)
+        self._geometry(self.attrs)
+        self.version = int(self.attrs["featx"].get("version", 1))
+        if self.version > FORMAT_VERSION:
+            raise FeatxError(f"store {name} has format {self.version}; this featx reads up to {FORMAT_VERSION}")
         self.release: str = self.attrs["release"]
         self.tap: str = self.attrs["tap"]
-        self.classes: list[str] = list(self.attrs["classes"])
-        self.n: int = int(self.attrs["n"])
         self.dim: tuple[int, ...] = tuple(self.attrs["dim"])
         self.has_flip: bool = bool(self.attrs["flip"])
-        self.root = Path(self.attrs["manifest_root"])
-        self.rows_per_shard = int(self.attrs["rows_per_shard"])
         self.checked = "checksums" in group
         self._verified: set[int] = set()
+        self.set_id = self._choose_set(targets)
+        self.tset = read_set(group, self.set_id) if self.version >= 2 else legacy_set(group, self.attrs)
+        self._use(target, task)
+
+    def _choose_set(self, targets: str | None) -> str:
+        ids = list(self.attrs.get("target_sets", [])) if self.version >= 2 else ["s0"]
+        if targets is None:
+            return self.attrs.get("current_set") or ids[-1]
+        for sid, info in zip(ids, self.target_sets()):
+            if targets in (sid, info["name"]):
+                return sid
+        names = ", ".join(i["name"] for i in self.target_sets())
+        raise FeatxError(f"store {self.name} has no target set {targets!r}; target sets: {names}")
+
+    def target_sets(self) -> list[dict]:
+        """[{id, name, n, manifest_hash, current}] in the order they were added."""
+        if self.version < 2:
+            ts = legacy_set(self.group, self.attrs)
+            return [{"id": "s0", "name": ts.name, "n": len(ts), "manifest_hash": ts.manifest_hash, "current": True}]
+        return set_infos(self.group, self.attrs)
+
+    def _use(self, target: str, task: str) -> None:
+        from .targets import resolve_task
+
+        t = self.tset.target(target)
+        task, classes = resolve_task(t, task)
+        self.target, self.kind, self.task = target, t.kind, task
+        self.classes: list[str] = classes if task == "classify" else []
+        self.root = Path(self.tset.root)
+        self.attrs.update(manifest_hash=self.tset.manifest_hash, manifest_root=self.tset.root,
+                          classes=self.classes, target=target, task=task, target_set=self.tset.name,
+                          extras=[c for c in self.tset.columns if c != "label"])
+        for k in ("labels", "values", "present", "extras"):
+            self.__dict__.pop(k, None)
+
+    def use(self, target: str = "label", task: str = "auto") -> "FeatureStore":
+        """This store seen through another target (and task); shares the verified shards."""
+        import copy
+
+        view = copy.copy(self)
+        view.__dict__ = dict(self.__dict__)
+        view.attrs = dict(self.attrs)
+        view._use(target, task)
+        return view
 
     @classmethod
-    def open(cls, store: StoreArg) -> "FeatureStore":
+    def open(cls, store: StoreArg, targets: str | None = None, target: str = "label",
+             task: str = "auto", complete: bool = True) -> "FeatureStore":
+        """The store through target set `targets` (default: the current one) and `target`;
+        complete=False also opens an unfinished store (to read its targets, not its features)."""
         name = store_name(store)
         group = _open_group(store, "r")
         if group is None:
@@ -436,56 +721,99 @@ class FeatureStore:
             raise FeatxError(f"{name} is not a featx store")
         if group.attrs["featx"].get("state") != "ready":
             raise FeatxError(f"store {name} is unfinished; rerun the same `featx extract` to complete it")
+        n_shards = math.ceil(int(group.attrs["n"]) / int(group.attrs["rows_per_shard"]))
         try:
-            done = np.asarray(group["done"][:], dtype=bool)
+            done = np.asarray(group["done"][:n_shards], dtype=bool)
         except Exception as e:
             raise FeatxError(f"store {name} is damaged ({_why(e)}); run `featx store repair {name} --data ...`") from None
-        if not done.all():
+        if complete and not done.all():
             raise FeatxError(f"store {name} is unfinished ({int(done.sum())} of {done.size} shards); "
                              "rerun the same `featx extract` to complete it")
-        return cls(group, name)
+        return cls(group, name, targets, target, task)
 
     def __repr__(self) -> str:
-        return f"FeatureStore({self.name!r}, n={self.n}, dim={self.dim}, release={self.release!r}, tap={self.tap!r})"
+        return (f"FeatureStore({self.name!r}, n={self.n}, dim={self.dim}, release={self.release!r}, tap={self.tap!r}, "
+                f"target_set={self.tset.name!r}, target={self.target!r})")
 
-    def _strings(self, name: str) -> np.ndarray:
-        return read_strings(self.group[name])
+    def _scatter(self, values, fill) -> np.ndarray:
+        values = np.asarray(values)
+        out = np.full(self.n, fill, dtype=values.dtype if values.dtype.kind != "U" else object)
+        out[self.tset.rows] = values
+        return out.astype(str) if values.dtype.kind == "U" else out
+
+    @cached_property
+    def in_set(self) -> np.ndarray:
+        return self._scatter(np.ones(len(self.tset), bool), False)
+
+    @cached_property
+    def present(self) -> np.ndarray:
+        """True where the current target has a value (and the row is in the target set)."""
+        return self._scatter(self.tset.target(self.target).present(), False)
 
     @cached_property
     def labels(self) -> np.ndarray:
-        return np.asarray(self.group["labels"][:], dtype=np.int64)
+        """int64 class ids of the current target in `classes`, -1 where missing or outside the set."""
+        if self.task != "classify":
+            raise FeatxError(f"target {self.target!r} is regressed: its values are numbers, not classes")
+        return self._scatter(self.tset.target(self.target).codes(self.classes), -1).astype(np.int64)
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """float64 values of a numeric target, NaN where missing or outside the set."""
+        t = self.tset.target(self.target)
+        if t.kind != "numeric":
+            raise FeatxError(f"target {self.target!r} is categorical: it has classes, not values")
+        return self._scatter(t.numbers(), np.nan).astype(np.float64)
 
     @cached_property
     def split(self) -> np.ndarray:
-        return self._strings("split")
+        return self._scatter(self.tset.split, "")
 
     @cached_property
     def ok(self) -> np.ndarray:
-        return np.asarray(self.group["ok"][:], dtype=bool)
+        return np.asarray(self.group["ok"][:self.n], dtype=bool) & self.real_rows()
 
     @cached_property
     def reasons(self) -> np.ndarray:
-        return self._strings("reason")
+        return read_strings(self.group["reason"], slice(0, self.n))
 
     @cached_property
     def paths(self) -> np.ndarray:
-        return self._strings("paths")
+        """Each row's path relative to `root` (the target set's root) for rows in the set."""
+        out = read_strings(self.group["paths"], slice(0, self.n)).astype(object)
+        out[self.tset.rows] = self.tset.paths
+        return out.astype(str)
 
     @cached_property
     def groups(self) -> np.ndarray | None:
-        return self._strings("group") if "group" in self.group else None
+        return self._scatter(self.tset.groups, "") if self.tset.groups is not None else None
 
     @cached_property
-    def extras(self) -> dict[str, np.ndarray]:
-        return {name: self._strings(f"extras/{k}") for k, name in enumerate(self.attrs.get("extras", []))}
+    def extras(self) -> Mapping[str, np.ndarray]:
+        """Every column of the target set but `label`, by store row ("" outside the set), each read
+        when first asked for."""
+        from .targets import LazyColumns
+
+        cols = self.tset.columns
+        return LazyColumns([c for c in cols if c != "label"], lambda c: self._scatter(cols[c], ""))
 
     def indices(self, split: str = "all") -> np.ndarray:
-        """Rows that decoded fine, in `split` ("train", "val", "test") or "all"."""
+        """Rows of the target set that decoded fine and have a value for the current target, in
+        `split` ("train", "val", "test") or "all"."""
         from .data import check_split
 
         check_split(split)
-        keep = self.ok if split == "all" else self.ok & (self.split == split)
+        keep = self.ok & self.in_set & self.present
+        if split != "all":
+            keep &= self.split == split
         return np.flatnonzero(keep).astype(np.int64)
+
+    def missing(self, split: str = "all") -> int:
+        """Usable rows of the set (in `split`) left out because the current target has no value there."""
+        keep = self.ok & self.in_set & ~self.present
+        if split != "all":
+            keep &= self.split == split
+        return int(keep.sum())
 
     def _array(self, flip: bool = False) -> zarr.Array:
         if flip and not self.has_flip:
@@ -497,16 +825,16 @@ class FeatureStore:
         import dask.array as da
 
         self.verify_all()
-        return da.from_zarr(self._array(flip)).astype(np.float32)
+        return da.from_zarr(self._array(flip))[:self.n].astype(np.float32)
 
     # --- integrity ---
     def shard_of(self, row: int) -> tuple[int, int, int]:
         k = row // self.rows_per_shard
-        return k, k * self.rows_per_shard, min((k + 1) * self.rows_per_shard, self.n)
+        return (k, *self.shard_range(k))
 
     def check_unit(self, k: int) -> str | None:
         """None when shard k verifies, else why not (one line)."""
-        a, b = k * self.rows_per_shard, min((k + 1) * self.rows_per_shard, self.n)
+        a, b = self.shard_range(k)
         try:
             f = np.asarray(self.group["features"][a:b])
             ff = np.asarray(self.group["features_flip"][a:b]) if self.has_flip else None
@@ -528,13 +856,13 @@ class FeatureStore:
             return
         why = self.check_unit(k)
         if why:
-            a, b = k * self.rows_per_shard, min((k + 1) * self.rows_per_shard, self.n)
+            a, b = self.shard_range(k)
             raise FeatxError(f"store {self.name}: shard {k} (rows {a}-{b - 1}) {why}; "
                              f"run `featx store repair {self.name} --data ...`")
         self._verified.add(k)
 
     def verify_all(self) -> None:
-        for k in range(math.ceil(self.n / self.rows_per_shard)):
+        for k in range(self.n_shards):
             self.verify_unit(k)
 
     def _groups(self, idx) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
@@ -585,14 +913,14 @@ def verify(store: StoreArg) -> list[dict]:
     """Every shard that does not verify: [{shard, rows, why}]; [] for a sound store."""
     fs = _open_for_verify(store)
     try:
-        done = np.asarray(fs.group["done"][:], dtype=bool)
+        done = np.asarray(fs.group["done"][:fs.n_shards], dtype=bool)
     except Exception as e:
         raise FeatxError(f"store {fs.name} is damaged ({_why(e)}); re-extract into a new --store") from None
     out = []
-    for k in range(math.ceil(fs.n / fs.rows_per_shard)):
+    for k in range(fs.n_shards):
         why = fs.check_unit(k) if done[k] else "not computed yet (rerun the same `featx extract`)"
         if why:
-            a, b = k * fs.rows_per_shard, min((k + 1) * fs.rows_per_shard, fs.n)
+            a, b = fs.shard_range(k)
             out.append({"shard": k, "rows": [a, b], "why": why})
     return out
 

@@ -27,7 +27,7 @@ RELEASE = "vgg16.hed"
 def stores(monkeypatch):
     """Paths -> FakeStore objects, served to the CLI in place of FeatureStore.open."""
     table: dict[str, FakeStore] = {}
-    monkeypatch.setattr("featx.training.open_store", lambda s: table[str(s)] if isinstance(s, str) else s)
+    monkeypatch.setattr("featx.training.open_store", lambda s, *a: table[str(s)] if isinstance(s, str) else s)
     return table
 
 

@@ -143,14 +143,14 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     mean of featx's answers on the photo and on its mirror image."""
     from featx.export import ExportOptions, OnnxModel, export_onnx
     from featx.heads import load_head
-    from featx.predict import HeadModel
+    from featx.predict import HeadModel, load_heads
     from PIL import Image
 
     root, weights, photos, heads = toy_heads
     mirrored = tmp_path / "mirror" / "m.onnx"
     export_onnx([heads["bgr"]], mirrored, ExportOptions(weights=weights, mirror=True))
     head, card = load_head(heads["bgr"])
-    hm = HeadModel(head, card, weights, "cpu", heads["bgr"], "fp32")
+    hm = HeadModel(load_heads(heads["bgr"]), weights, "cpu", "fp32")
     chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
     plain, flipped = (head.predict_proba(hm.ex(torch.from_numpy(c))[0]) for c in (chips, chips[:, :, ::-1].copy()))
     got = OnnxModel(mirrored, "cpu").run(chips)["bgr"]

@@ -43,7 +43,7 @@ def test_real_base_every_head_kind_matches_featx(base, utk, tmp_path_factory):
     from featx.heads import load_head
     from featx.training import train
     from featx.images import open_rgb
-    from featx.predict import HeadModel
+    from featx.predict import HeadModel, load_heads
 
     weights = weights_for(base, tmp_path_factory)
     work = tmp_path_factory.mktemp(f"real-{base}")
@@ -60,7 +60,7 @@ def test_real_base_every_head_kind_matches_featx(base, utk, tmp_path_factory):
     export_onnx([work / k for k in KINDS], out, ExportOptions(weights=weights))
     photos = [utk.root / utk.paths[i] for i in [i for i, s in enumerate(utk.splits) if s == "test"][:12]]
     head, card = load_head(work / "logreg")
-    hm = HeadModel(head, card, weights, "cpu", work / "logreg", "fp32")
+    hm = HeadModel(load_heads(work / "logreg"), weights, "cpu", "fp32")
     om = OnnxModel(out, "cpu", "logreg")
     chips = np.stack([om.pixels(open_rgb(p)) for p in photos])
     feats = hm.ex(torch.from_numpy(chips))[0]

@@ -90,14 +90,13 @@ def test_rerun_does_no_work_and_never_loads_the_model(csv_dataset, tiny_weights,
     assert s["computed"] == 0 and s["already_complete"]
 
 
-def test_mismatched_store_is_refused_with_exit_2(csv_dataset, folder_dataset, tiny_weights, tmp_path, capsys):
+def test_mismatched_store_is_refused_with_exit_2(csv_dataset, tiny_weights, tmp_path, capsys):
     store = tmp_path / "f.zarr"
     base = ["extract", "--weights", str(tiny_weights), "--store", str(store), "--workers", "0", "-q"]
     assert main(base + ["--backbone", "vgg16.hed", "--data", str(csv_dataset)]) == 0
     capsys.readouterr()
     cases = {
         "tap": ["--backbone", "vgg16.hed", "--data", str(csv_dataset), "--tap", "pool4-gap"],
-        "data": ["--backbone", "vgg16.hed", "--data", str(folder_dataset)],
         "release": ["--backbone", "vgg16.imagenet-features", "--data", str(csv_dataset)],
         "dtype": ["--backbone", "vgg16.hed", "--data", str(csv_dataset), "--dtype", "float32"],
     }

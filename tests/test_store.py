@@ -24,7 +24,7 @@ def manifest(tmp_path, n=N) -> Manifest:
 
 
 def identity(**kw) -> dict:
-    d = {"manifest_hash": "m" * 64, "release": "vgg16.hed", "weights_sha256": "w" * 64, "tap": "pool5-gap",
+    d = {"release": "vgg16.hed", "weights_sha256": "w" * 64, "tap": "pool5-gap",
          "preprocess": {"size": 32, "mean": [1.0, 2.0, 3.0]}, "dtype": "float32", "flip": False}
     d.update(kw)
     return d
@@ -68,7 +68,8 @@ def test_create_writes_metadata_and_provenance_before_features(tmp_path):
     assert g["features"].shape == (N, 6) and g["features"].shards == (8, 6)
     assert g["done"].shape == (4,) and not g["done"][:].any()
     assert w.plan_units() == [(0, 8), (8, 16), (16, 24), (24, 30)]
-    assert list(g["labels"][:4]) == [0, 1, 0, 1]
+    assert list(g["targets/s0/columns/0"][:2]) == ["cat", "dog"] and g["targets/s0"].attrs["columns"][0] == [
+        "label", "categorical"]
     with pytest.raises(FeatxError, match="unfinished"):
         FeatureStore.open(path)
 
@@ -87,7 +88,7 @@ def test_shard_marker_is_written_with_its_data_and_plan_shrinks(tmp_path):
 def test_identity_mismatch_is_refused_in_one_line(tmp_path):
     path, _ = make(tmp_path)
     assert open_for_extract(path, identity()) is not None
-    for key, value in [("tap", "pool4-gap"), ("manifest_hash", "x" * 64), ("release", "vggface"),
+    for key, value in [("tap", "pool4-gap"), ("release", "vggface"),
                        ("weights_sha256", "v" * 64), ("dtype", "float16"), ("flip", True),
                        ("preprocess", {"size": 32, "mean": [1.0, 2.0, 4.0]})]:
         with pytest.raises(FeatxError) as e:

@@ -103,18 +103,22 @@ def test_moved_dataset_resumes_from_the_new_place(csv_dataset, tiny_weights, tmp
     np.testing.assert_array_equal(fs.features(), ref)
 
 
-def test_same_names_other_bytes_are_recomputed(csv_dataset, tiny_weights, tmp_path):
+def test_same_names_other_bytes_are_new_rows(csv_dataset, tiny_weights, tmp_path):
     store = tmp_path / "c.zarr"
     extract(csv_dataset, "vgg16.hed", store, weights=tiny_weights, **KW)
+    old = FeatureStore.open(store).features()
     other = tmp_path / "other"
     shutil.copytree(csv_dataset.parent, other)
-    make_image(other / "img" / "010.jpg", seed=999, cls=1)  # row 10, shard 1: new bytes, same name
+    make_image(other / "img" / "010.jpg", seed=999, cls=1)  # row 10: new bytes, same name
     shutil.rmtree(csv_dataset.parent)
     s = extract(other / "labels.csv", "vgg16.hed", store, weights=tiny_weights, **KW)
-    assert s["computed"] == 8 and "1 with 1 changed image" in s["note"]
+    assert s["computed"] == 1 and "1 of 40 images are new" in s["note"]  # keyed by content: a new row
+    fs = FeatureStore.open(store)
+    assert fs.tset.rows[10] >= 40 and list(fs.tset.rows[:10]) == list(range(10))
     fresh = tmp_path / "fresh.zarr"
     extract(other / "labels.csv", "vgg16.hed", fresh, weights=tiny_weights, **KW)
-    np.testing.assert_array_equal(FeatureStore.open(store).features(), FeatureStore.open(fresh).features())
+    np.testing.assert_array_equal(fs.features(fs.tset.rows), FeatureStore.open(fresh).features())
+    np.testing.assert_array_equal(fs.features([10]), old[10:11])  # the old row: still the old bytes' features
 
 
 HOLD = """

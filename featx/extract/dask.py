@@ -269,7 +269,7 @@ def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
         workers = 0  # a daemonic dask worker may not start DataLoader processes
     if workers and spec.get("set_threads"):
         _fast_decode_processes()
-    stats = run_unit(writer, start, stop, extractor=ex, root=spec.get("root"), batch_size=spec["batch_size"],
+    stats = run_unit(writer, start, stop, extractor=ex, paths=spec.get("paths"), batch_size=spec["batch_size"],
                      workers=workers)
     _STATS["units"] += 1
     _STATS["rows"] += stats["rows"]
@@ -361,29 +361,30 @@ class Dask:
         n_local = max(1, self.info.get("n_workers") or 1)
         return max(1, min(12, (os.cpu_count() or 2) // n_local - 1)) if self.info.get("local") else 4
 
-    def run(self, writer, units, root: str, advance) -> dict:
+    def run(self, writer, units, paths, advance) -> dict:
         wstore = _worker_store(writer.name)
         if wstore.startswith("memory://") and not self.info.get("in_process"):
             raise FeatxError("a memory:// store lives in one process; give the cluster a path, file:// or s3:// URL")
-        spec = {**self.spec, "root": root, "batch_size": self.opts.batch_size or (128 if self.on_gpu else 32),
+        spec = {**self.spec, "batch_size": self.opts.batch_size or (128 if self.on_gpu else 32),
                 "workers": self.decode_workers()}
-        stats = _run_units(self.c, writer, wstore, units, spec, self, advance)
+        stats = _run_units(self.c, writer, wstore, units, spec, self, advance, paths)
         per_worker = {a: s for a, s in self.c.run(worker_stats, on_error="return").items() if isinstance(s, dict)}
         return {**stats, "batch_size": spec["batch_size"], "workers": spec["workers"], "n_workers": self.n_workers,
                 "scheduler": self.info["scheduler"], "per_worker": per_worker,
                 "cluster": {**self.cluster_info, "units": stats["units"]}}
 
 
-def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance) -> dict:
-    """Submit one task per unfinished shard; advance as they complete. Never raises mid-way:
-    returns the first task error in "error" so the driver can record what was done."""
+def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance, paths) -> dict:
+    """Submit one task per unfinished shard (with its images' paths); advance as they complete. Never
+    raises mid-way: returns the first task error in "error" so the driver can record what was done."""
     from distributed import as_completed
 
     t = time.perf_counter()
     futures = {}
     for start, stop in units:
         k = writer.shard_index(start, stop)
-        f = c.submit(run_shard, wstore, start, stop, spec, key=f"featx-shard-{k:06d}-{d.token}", pure=False,
+        f = c.submit(run_shard, wstore, start, stop, {**spec, "paths": list(paths[start:stop])},
+                     key=f"featx-shard-{k:06d}-{d.token}", pure=False,
                      retries=d.opts.retries, resources=d.resources)
         futures[f] = (k, start, stop)
     rows = skipped = several = done_units = already = 0

@@ -30,12 +30,12 @@ class InProcess:
         self.where = describe_device(self.extractor.device)
         return self.extractor.info()
 
-    def run(self, writer: StoreWriter, units, root, advance) -> dict:
+    def run(self, writer: StoreWriter, units, paths, advance) -> dict:
         o, ex = self.opts, self.extractor
         check_extractor(writer, ex)
         batch = o.batch_size or (128 if ex.device.type == "cuda" else 32)
         workers = default_workers(ex.device) if o.workers is None else o.workers
-        stats = run_units(writer, ex, units, root=root, batch_size=batch, workers=workers, on_rows=advance)
+        stats = run_units(writer, ex, units, paths=paths, batch_size=batch, workers=workers, on_rows=advance)
         return {**stats, "units": len(units), "error": None, "batch_size": batch, "workers": workers}
 
 

@@ -36,8 +36,8 @@ def record(job, writer: StoreWriter, info: dict, stats: dict, where: str, t0: fl
     if stats.get("error") is not None:
         raise stats["error"]
     skipped = attrs.get("skipped", {})
-    return {"store": writer.name, "n": writer.n, "computed": stats["rows"], "skipped_now": stats["skipped"],
-            "several_faces": stats.get("several_faces", 0),
+    return {"store": writer.name, "n": writer.n, "images": len(job.manifest), "target_set": job.target_set,
+            "computed": stats["rows"], "skipped_now": stats["skipped"], "several_faces": stats.get("several_faces", 0),
             "skipped": int(skipped.get("count", 0)), "skipped_first": skipped.get("first", []),
             "already_complete": False, "wall_s": time.perf_counter() - t0, "compute_wall_s": stats["wall_s"],
             "images_per_s": rate, "device": where, "precision": info["precision"], "note": job.note,
@@ -45,11 +45,11 @@ def record(job, writer: StoreWriter, info: dict, stats: dict, where: str, t0: fl
             **{k: stats[k] for k in ("units_already_done", "n_workers", "scheduler", "per_worker") if k in stats}}
 
 
-def complete_summary(writer: StoreWriter, t0: float) -> dict:
-    """The summary of a run that found its store already complete."""
+def complete_summary(job, writer: StoreWriter, t0: float) -> dict:
+    """The summary of a run that found every image of its data in the store already."""
     count, _ = writer.skipped(0)
-    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": count,
-            "already_complete": True, "wall_s": time.perf_counter() - t0}
+    return {"store": writer.name, "n": writer.n, "computed": 0, "skipped": count, "images": len(job.manifest),
+            "target_set": job.target_set, "already_complete": True, "wall_s": time.perf_counter() - t0}
 
 
 def finish(store, run: dict | None = None) -> dict:
@@ -75,10 +75,11 @@ def finish(store, run: dict | None = None) -> dict:
 
 def summary_line(s: dict) -> str:
     if s["already_complete"]:
-        return (f"store {s['store']} is already complete ({s['n']} images, {s['skipped']} skipped); "
-                f"nothing to do ({s['wall_s']:.1f} s)")
+        return (f"store {s['store']} is already complete: all {s.get('images', s['n'])} images of this data are in "
+                f"it (target set {s.get('target_set', '')!r}; {s['skipped']} skipped in the store); nothing to do "
+                f"({s['wall_s']:.1f} s)")
     rate = f", {s['images_per_s']:.1f} images/s" if s.get("images_per_s") else ""
-    return (f"extracted {s['computed']} of {s['n']} images into {s['store']} in {s['wall_s']:.1f} s"
+    return (f"extracted {s['computed']} of {s.get('images', s['n'])} images into {s['store']} in {s['wall_s']:.1f} s"
             f"{rate} on {s['device']} at {s['precision']}; skipped {s['skipped']} "
             f"(reasons in the store's `reason` array)"
             + (f"; {s['several_faces']} photos had several faces (largest kept)" if s.get("several_faces") else ""))

@@ -1,35 +1,43 @@
-"""Resume: which finished shards of an existing store must be computed again."""
+"""Resume: which finished shards of an existing store must be computed again, and how the manifest
+given now maps onto the store's rows (by image content)."""
 
 from __future__ import annotations
 
-from ..reader import digests
-from ..store import StoreWriter
+from concurrent.futures import ThreadPoolExecutor
+
+from ..reader import file_digest
+from ..store import StoreWriter, attach
 
 
-def refresh(writer: StoreWriter, manifest) -> tuple[list[int], str]:
-    """Finished shards that must be computed again: damaged ones, and ones whose image files changed
-    since (their digests differ from the data given now). Returns (shards reset, one-line note)."""
-    stored = writer.row_hashes()
-    if not writer.checked or stored is None:
-        return [], ""  # a store from before featx 0.2: nothing to compare with
+def manifest_digests(manifest) -> list[str]:
+    """The digest of every image file of the manifest: the rows' content keys ("" when unreadable)."""
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(file_digest, (manifest.abspath(i) for i in range(len(manifest)))))
+
+
+def refresh(writer: StoreWriter) -> list[int]:
+    """Finished shards that no longer verify, reset to be computed again. (A changed image is new
+    content: it gets a new row, and its old row stays, still right for the old bytes.)"""
+    if not writer.checked:
+        return []  # a store from before featx 0.2: nothing to compare with
     fs = writer.reader()
     done = writer.done()
-    finished = [i for k, (a, b) in enumerate(writer.shards) if done[k] for i in range(a, b)]
-    now = digests(manifest.root, manifest.paths, finished)  # unfinished shards are computed anyway
-    damaged, changed, images = [], [], 0
-    for k, (a, b) in enumerate(writer.shards):
-        if not done[k]:
-            continue
-        diff = sum(now[i] != stored[i] for i in range(a, b))
-        if diff:
-            changed.append(k)
-            images += diff
-        elif fs.check_unit(k):
-            damaged.append(k)
-    reset = sorted(damaged + changed)
-    writer.reset_units(reset)
-    if not reset:
-        return [], ""
-    kept = int(done.sum()) - len(reset)
-    return reset, (f"kept {kept} finished shard(s); recomputing {len(reset)}: {len(changed)} with "
-                   f"{images} changed image(s), {len(damaged)} damaged")
+    damaged = [k for k in range(writer.n_shards) if done[k] and fs.check_unit(k)]
+    writer.reset_units(damaged)
+    return damaged
+
+
+def map_manifest(job, writer: StoreWriter) -> None:
+    """Damaged shards reset; the manifest mapped onto the store by content: images already there keep
+    their rows, new ones get rows in a new segment (computed as unfinished shards), and the manifest
+    becomes a target set. Sets job.rows, job.target_set and job.note."""
+    damaged = refresh(writer)
+    got = attach(writer, job.manifest, job.digests)
+    job.rows, job.target_set = got["rows"], got["set"]
+    n = len(job.manifest)
+    parts = []
+    if got["new"]:
+        parts.append(f"{got['new']} of {n} images are new: computing them; {got['kept']} already in the store")
+    if damaged:
+        parts.append(f"recomputing {len(damaged)} damaged shard(s)")
+    job.note = "; ".join(parts)

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 from ..errors import FeatxError
 from ..faces.stage import FaceStage
 from ..progress import progress_bar
 from ..reader import ImageRows
 from ..releases import RELEASES
-from ..store import StoreWriter, create, open_for_extract, writer_lock
+from ..store import StoreWriter, create, image_paths, open_for_extract, writer_lock
 from ..weights import canonical_path, load_backbone, read_record, sha256_file
 from .extractor import Extractor
 from .options import ExtractOptions
 from .record import complete_summary, creation_record, record
-from .resume import refresh
+from .resume import manifest_digests, map_manifest
 from .units import check_extractor, check_precision
 
 
@@ -41,8 +43,10 @@ class Distributor(Protocol):
     def load(self, backbone: str, loaded=None) -> dict:
         """Load the base where units will run; returns Extractor.info()."""
 
-    def run(self, writer: StoreWriter, units: list[tuple[int, int]], root: str, advance: Callable[[int], None]) -> dict:
-        """Compute and write the units; returns {"rows", "skipped", "wall_s", "units", "error", ...}."""
+    def run(self, writer: StoreWriter, units: list[tuple[int, int]], paths: list[str],
+            advance: Callable[[int], None]) -> dict:
+        """Compute and write the units (`paths[row]`: each store row's image); returns {"rows", "skipped",
+        "wall_s", "units", "error", ...}."""
 
 
 def weights_identity(backbone: str, weights) -> tuple | None:
@@ -70,11 +74,15 @@ class Job:
     writer: StoreWriter | None = None
     note: str = ""  # what a resume kept and recomputed
     source: str | None = None  # the --data given, for provenance
+    digests: list[str] | None = None  # each manifest row's file digest: its key in the store
+    rows: Any = None  # each manifest row's store row, once mapped
+    target_set: str = ""  # the manifest's target set in the store
 
     def identity_for(self, info: dict) -> dict:
-        return {"manifest_hash": self.manifest.hash(), "release": info["release"],
-                "weights_sha256": info["weights_sha256"], "tap": info["tap"], "preprocess": info["preprocess"],
-                "dtype": self.opts.dtype, "flip": bool(self.opts.flip_tta), "faces": info.get("faces")}
+        """What the features depend on; never the labels (rows are keyed by image content)."""
+        return {"release": info["release"], "weights_sha256": info["weights_sha256"], "tap": info["tap"],
+                "preprocess": info["preprocess"], "dtype": self.opts.dtype, "flip": bool(self.opts.flip_tta),
+                "faces": info.get("faces")}
 
 
 def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
@@ -83,6 +91,7 @@ def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
 
     manifest = data if isinstance(data, Manifest) else load(data)
     job = Job(manifest, str(backbone), store, opts, source=None if isinstance(data, Manifest) else str(data))
+    job.digests = manifest_digests(manifest)
     cheap = weights_identity(job.backbone, opts.weights)
     if cheap:
         release, _, sha = cheap
@@ -105,17 +114,18 @@ def run(data, backbone: str, store, opts: ExtractOptions, d: Distributor) -> dic
     with writer_lock(store):
         job = open_job(data, backbone, store, opts)
         if job.writer is not None:
-            _, job.note = refresh(job.writer, job.manifest)
+            map_manifest(job, job.writer)
             if job.writer.is_complete():
-                return complete_summary(job.writer, t0)
+                return complete_summary(job, job.writer, t0)
         with d:
             writer, info = start(job, d)
             if writer.is_complete():
-                return complete_summary(writer, t0)
+                return complete_summary(job, writer, t0)
             units = writer.plan_units()
             todo = sum(b - a for a, b in units)
+            paths = image_paths(writer, job.manifest, job.rows)
             with progress_bar(opts.progress, writer.n, writer.n - todo, "extract") as advance:
-                stats = d.run(writer, units, str(job.manifest.root), advance)
+                stats = d.run(writer, units, paths, advance)
         return record(job, writer, info, stats, d.where, t0)
 
 
@@ -131,13 +141,15 @@ def start(job: Job, d: Distributor) -> tuple[StoreWriter, dict]:
     if writer is None and job.identity is None:
         writer = open_for_extract(job.store, job.identity_for(info))
         if writer is not None:
-            _, job.note = refresh(writer, job.manifest)
+            map_manifest(job, writer)
     if info["precision"] == "int8":
         info["int8"] = int8_for(job, d, writer)
     if writer is None:
         writer = create(job.store, manifest=job.manifest, identity=job.identity or job.identity_for(info),
                         provenance=creation_record(job, info, d), dim=tuple(info["dim"]),
-                        rows_per_shard=job.opts.rows_per_shard, rows_per_chunk=job.opts.rows_per_chunk)
+                        rows_per_shard=job.opts.rows_per_shard, rows_per_chunk=job.opts.rows_per_chunk,
+                        digests=job.digests)
+        job.rows, job.target_set = np.arange(len(job.manifest)), writer.reader().tset.name
     check_extractor(writer, info)
     return writer, info
 

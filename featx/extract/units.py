@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from typing import Callable
 
 from ..errors import FeatxError
 from ..reader import ImageRows, make_loader
-from ..store import StoreWriter
+from ..store import StoreWriter, image_paths
 from .extractor import Extractor
 from .sink import ShardSink
 
 
-def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, int]], *, root: str | Path,
+def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, int]], *, paths,
               batch_size: int = 32, workers: int = 0, on_rows: Callable[[int], None] | None = None) -> dict:
-    """Compute and write the given whole shards, reading images under `root`.
+    """Compute and write the given whole shards; `paths[row]` is the image of each store row (absolute).
     Returns {"rows", "skipped", "wall_s", "peak_shard_buffers"}."""
     t0 = time.perf_counter()
     if not units:
         return {"rows": 0, "skipped": 0, "wall_s": 0.0, "peak_shard_buffers": 0}
     for start, stop in units:
         writer.shard_index(start, stop)  # only whole shards: one writer per shard
-    rows_ds = ImageRows(root, writer.paths(), extractor.preprocess, extractor.face_step)
+    rows_ds = ImageRows("/", paths, extractor.preprocess, extractor.face_step)
     batches = iter(make_loader(rows_ds, units, batch_size, workers, pin=extractor.device.type == "cuda"))
     sink = ShardSink(writer, units)  # started after the decode workers exist
     rows_done = skipped = several = 0
@@ -51,13 +50,16 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
             "peak_shard_buffers": sink.peak_buffers}
 
 
-def run_unit(store, start: int, stop: int, *, extractor: Extractor, root: str | Path | None = None,
+def run_unit(store, start: int, stop: int, *, extractor: Extractor, paths=None,
              batch_size: int = 32, workers: int = 0) -> dict:
-    """One shard, start to marker: what a dask task calls. Never run two on the same shard."""
+    """One shard, start to marker: what a dask task calls. Never run two on the same shard.
+    `paths`: the shard's images (absolute, one per row); default: where the store last saw them."""
     writer = store if isinstance(store, StoreWriter) else StoreWriter.open(store)
     check_extractor(writer, extractor)
-    root = root or writer.attrs["manifest_root"]
-    return run_units(writer, extractor, [(start, stop)], root=root, batch_size=batch_size, workers=workers)
+    full = image_paths(writer)
+    if paths is not None:
+        full[start:stop] = list(paths)
+    return run_units(writer, extractor, [(start, stop)], paths=full, batch_size=batch_size, workers=workers)
 
 
 def check_precision(writer: StoreWriter, precision: str) -> None:

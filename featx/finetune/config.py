@@ -9,6 +9,11 @@ from ..errors import FeatxError
 
 UNFREEZE = {"block5": "pool4", "block4": "pool3"}  # the old --unfreeze values (VGG16 block names)
 BALANCE = ("none", "weights", "sample")
+LOSSES = ("smooth_l1", "l1")  # for a regressed target (on the standardised values)
+TASKS = ("auto", "classify", "regress")
+# recipe fields added with targets: left out of a run's identity at their defaults, so the runs and
+# exports made before them keep theirs
+TARGET_DEFAULTS = {"target": "label", "task": "auto", "loss": "smooth_l1"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class FineTuneConfig:
     patience: int = 3  # epochs without a better val AUC before stopping
     head_epochs: int = 5  # epochs of the head alone on frozen features before the stages train (0: none)
     seed: int = 0
+    target: str = "label"  # a target of the data (`featx labels list`); numeric ones regress under task auto
+    task: str = "auto"  # auto | classify | regress
+    loss: str = "smooth_l1"  # regression loss on the standardised target: smooth_l1 or l1
 
     def check(self, family) -> None:
         from .data import parse_augment
@@ -53,6 +61,15 @@ class FineTuneConfig:
             raise FeatxError("--head-epochs must be 0 or more")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
             raise FeatxError("--label-smoothing and --dropout must be in [0, 1)")
+        if self.loss not in LOSSES:
+            raise FeatxError(f"--loss {self.loss!r} is not supported; use {', '.join(LOSSES)}")
+        if self.task not in TASKS:
+            raise FeatxError(f"unknown --task {self.task!r}; use auto, classify or regress")
+
+    def check_task(self, task: str) -> None:
+        """Options that only make sense for classes, refused for a regressed target."""
+        if task == "regress" and self.balance != "none":
+            raise FeatxError("--balance is for classes; a regressed target has none")
 
 
 @dataclass(frozen=True)

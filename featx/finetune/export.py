@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 
 from .. import __version__
 from .train import save_json, save_tensors
@@ -64,9 +65,17 @@ def export_head(net, release: Release, lin: Lineage, out: Path, card_extra: dict
         arrays[f"layer{k}_weight"] = m.weight.detach().float().cpu().numpy()
         arrays[f"layer{k}_bias"] = m.bias.detach().float().cpu().numpy()
     n_classes = layers[-1].out_features
-    head = type(make_head("mlp")).from_arrays(
-        {"kind": "mlp", "seed": lin.config.get("seed", 0), "n_classes": n_classes, "hidden": net.hidden,
-         "dropout": float(net.head[0].p)}, arrays)
+    reg = card_extra.get("regression")
+    if reg:  # a regressed target: the net learned (y - mean) / scale with no transform
+        arrays.update(target_mean=np.asarray([reg["mean"]]), target_scale=np.asarray([reg["scale"]]),
+                      target_range=np.asarray(reg["range"], np.float64))
+        head = type(make_head("mlp-regress")).from_arrays(
+            {"kind": "mlp-regress", "seed": lin.config.get("seed", 0), "dropout": float(net.head[0].p)}, arrays,
+            {"hidden": net.hidden, "transform": "identity"})
+    else:
+        head = type(make_head("mlp")).from_arrays(
+            {"kind": "mlp", "seed": lin.config.get("seed", 0), "n_classes": n_classes, "hidden": net.hidden,
+             "dropout": float(net.head[0].p)}, arrays)
     card = {"provenance": {"release": release.name, "release_dir": ".", "tap": lin.head_tap,
                            "weights_sha256": release.sha256, "preprocess": release.preprocess.to_dict(),
                            "manifest_hash": lin.manifest_hash, "dim": [layers[0].in_features],
@@ -86,8 +95,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
     a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(ep, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
-    b.plot(ep, [h["val_auc"] for h in history], "o-", label="val AUC")
+    for key, name in (("val_accuracy", "val accuracy"), ("val_auc", "val AUC"), ("val_mae", "val MAE")):
+        if key in history[0]:
+            b.plot(ep, [h[key] for h in history], "o-", label=name)
     b.set(xlabel="epoch", title="validation")
     for ax in (a, b):
         ax.grid(alpha=0.3)

@@ -111,7 +111,10 @@ def auc_of(y: np.ndarray, proba: np.ndarray) -> float:
 
 @dataclass
 class Loop:
-    """What one pass needs besides the network: labels, device, precision, loss options."""
+    """What one pass needs besides the network: labels, device, precision, loss options.
+
+    A regressed target (`regress`): labels are the standardised values ((y - mean) / scale, float32),
+    the net has one output, the loss is smooth L1 or L1, and scores are in the target's units."""
 
     labels: np.ndarray
     device: str = "cpu"
@@ -119,6 +122,9 @@ class Loop:
     smoothing: float = 0.0
     weight: torch.Tensor | None = None
     progress: bool = False  # a bar per pass on a terminal, status lines in a log
+    regress: bool = False
+    loss_kind: str = "smooth_l1"
+    scale: tuple[float, float] = (0.0, 1.0)  # (mean, scale) of a regressed target's train values
 
     def on_device(self, batches, rows, rng, label: str):
         """One pass: (rows, maps on the device, channels_last) per batch, with the pass's progress bar."""
@@ -133,8 +139,35 @@ class Loop:
         return torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+        if self.regress:
+            out, y = logits.float()[:, 0], y.float()
+            return F.l1_loss(out, y) if self.loss_kind == "l1" else F.smooth_l1_loss(out, y)
         w = self.weight.to(logits.device) if self.weight is not None else None
         return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=smoothing)
+
+    def scores(self, out: torch.Tensor, y: np.ndarray) -> dict:
+        """Scores of net outputs `out` (CPU, float) against labels `y`: loss (no smoothing) and
+        accuracy, AUC and probabilities, or (regressed) MAE, RMSE and predictions in the target's units."""
+        if self.regress:
+            mean, scale = self.scale
+            pred, true = out[:, 0].numpy() * scale + mean, y * scale + mean
+            err = pred - true
+            return {"loss": self.loss(out, torch.from_numpy(y), 0.0).item(), "mae": float(np.abs(err).mean()),
+                    "rmse": float(np.sqrt((err ** 2).mean())), "pred": pred}
+        p = torch.softmax(out, 1).numpy()
+        return {"loss": F.cross_entropy(out, torch.from_numpy(y)).item(), "accuracy": float((p.argmax(1) == y).mean()),
+                "auc": auc_of(y, p), "proba": p}
+
+    def record(self, va: dict) -> dict:
+        """The val scores an epoch record keeps."""
+        if self.regress:
+            return {"val_loss": va["loss"], "val_mae": va["mae"], "val_rmse": va["rmse"]}
+        return {"val_loss": va["loss"], "val_accuracy": va["accuracy"], "val_auc": va["auc"]}
+
+    def shown(self, va: dict) -> str:
+        if self.regress:
+            return f"val loss {va['loss']:.4f} mae {va['mae']:.3f} rmse {va['rmse']:.3f}"
+        return f"val loss {va['loss']:.4f} acc {va['accuracy']:.4f} auc {va['auc']:.4f}"
 
     def train(self, net, batches, rows, opt: Optimiser, rng, label: str = "train") -> float:
         """One training epoch; returns the mean train loss."""
@@ -152,22 +185,17 @@ class Loop:
 
     @torch.inference_mode()
     def evaluate(self, net, batches, rows, label: str = "score") -> dict:
-        """loss (no smoothing), accuracy, AUC and the probabilities of `rows` (sorted)."""
+        """`scores` of `rows` (sorted), with the rows."""
         net.eval()
-        out_rows, probs, total = [], [], 0.0
+        out_rows, outs = [], []
         for r, x in self.on_device(batches, rows, None, label):
             with self.autocast():
-                logits = net(x).float()
-            y = torch.from_numpy(self.labels[r]).to(self.device)
-            total += F.cross_entropy(logits, y, reduction="sum").item()
+                outs.append(net(x).float().cpu())
             out_rows.append(np.asarray(r))
-            probs.append(torch.softmax(logits, 1).cpu().numpy())
-        r, p = np.concatenate(out_rows), np.concatenate(probs)
+        r, out = np.concatenate(out_rows), torch.cat(outs)
         order = np.argsort(r, kind="stable")
-        r, p = r[order], p[order]
-        y = self.labels[r]
-        return {"loss": total / max(len(r), 1), "accuracy": float((p.argmax(1) == y).mean()),
-                "auc": auc_of(y, p), "rows": r, "proba": p}
+        r, out = r[order], out[torch.from_numpy(order)]
+        return {**self.scores(out, self.labels[r]), "rows": r}
 
 
 @dataclass
@@ -183,9 +211,13 @@ class Progress:
     probe: dict | None = None  # the head-only phase's record (`head_probe`)
 
     def improves(self, rec: dict) -> bool:
-        """Better val AUC (accuracy where AUC is undefined); equal AUC with a lower val loss breaks ties."""
-        auc = rec["val_auc"] if np.isfinite(rec["val_auc"]) else rec["val_accuracy"]
-        s = [auc, -rec["val_loss"]]
+        """Better val AUC (accuracy where AUC is undefined; a regressed target: lower val MAE); an equal
+        score with a lower val loss breaks ties."""
+        if "val_mae" in rec:
+            s = [-rec["val_mae"], -rec["val_loss"]]
+        else:
+            auc = rec["val_auc"] if np.isfinite(rec["val_auc"]) else rec["val_accuracy"]
+            s = [auc, -rec["val_loss"]]
         if self.best_score is not None and not (s[0] > self.best_score[0] + 1e-9 or
                                                 (abs(s[0] - self.best_score[0]) <= 1e-9 and s[1] > self.best_score[1])):
             return False
@@ -239,10 +271,8 @@ class Trainer:
         loss = self.loop.train(self.net, self.batches, rows, opt, rng, label=f"epoch {e}/{cfg.epochs} train")
         va = self.loop.evaluate(self.net, self.eval_batches, val_rows, label=f"epoch {e}/{cfg.epochs} val")
         dt = time.perf_counter() - t0
-        rec = {"epoch": e, "train_loss": loss, "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "val_auc": va["auc"], "seconds": round(dt, 2)}
-        self.log(f"epoch {e}/{cfg.epochs}: train loss {loss:.4f} | val loss {va['loss']:.4f} "
-                 f"acc {va['accuracy']:.4f} auc {va['auc']:.4f} | {dt:.1f}s")
+        rec = {"epoch": e, "train_loss": loss, **self.loop.record(va), "seconds": round(dt, 2)}
+        self.log(f"epoch {e}/{cfg.epochs}: train loss {loss:.4f} | {self.loop.shown(va)} | {dt:.1f}s")
         return rec
 
     def fit(self, opt: Optimiser, identity: dict, train_rows, val_rows) -> Progress:
@@ -322,13 +352,10 @@ def head_probe(net, loop: Loop, batches, rows: tuple, cfg, log) -> dict:
             opt.step()
             k += 1
     net.head.eval()
-    y = loop.labels[va]
     with torch.no_grad():
-        logits = net.head(torch.from_numpy(vfeats).float().to(loop.device)).cpu()
-    loss = F.cross_entropy(logits, torch.from_numpy(y)).item()
-    p = torch.softmax(logits, 1).numpy()
-    rec = {"epoch": 0, "epochs": cfg.head_epochs, "val_loss": loss, "val_accuracy": float((p.argmax(1) == y).mean()),
-           "val_auc": auc_of(y, p), "seconds": round(time.perf_counter() - t0, 2)}
-    log(f"head alone, {cfg.head_epochs} epochs on frozen features: val acc {rec['val_accuracy']:.4f} "
-        f"auc {rec['val_auc']:.4f} | {rec['seconds']:.1f}s")
+        logits = net.head(torch.from_numpy(vfeats).float().to(loop.device)).float().cpu()
+    va_scores = loop.scores(logits, loop.labels[va])
+    rec = {"epoch": 0, "epochs": cfg.head_epochs, **loop.record(va_scores),
+           "seconds": round(time.perf_counter() - t0, 2)}
+    log(f"head alone, {cfg.head_epochs} epochs on frozen features: {loop.shown(va_scores)} | {rec['seconds']:.1f}s")
     return rec

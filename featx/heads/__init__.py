@@ -3,6 +3,8 @@ validation rows, saved as safetensors arrays + a JSON card (never a pickle).
 
     head = make_head("logreg", seed=0)          # or linear-svm, rbf-svm, mlp, sgd: see HEADS
     head.fit(X, y, X_val, y_val)                # hyperparameters chosen on (X_val, y_val); head.C_, head.cv_results_
+    age = make_head("ridge").fit(X, ages, X_val, ages_val)   # regressors: ridge, rbf-ridge, mlp-regress, sgd-regress
+    age.predict(X)                              # float64 years; age.transform_ is identity or log1p, chosen on val
     save_head(head, "heads/gender", card)       # head.safetensors + head.json, with sha256 digests
     head, card = load_head("heads/gender")
 
@@ -21,8 +23,14 @@ from .linear import LinearSVMHead, LogRegHead
 from .mlp import MLPHead
 from .rbf import RBFSVMHead
 from .sgd import SGDHead
+from .ridge import RidgeHead
+from .rbf_ridge import RBFRidgeHead
+from .mlp_regress import MLPRegressHead
+from .sgd_regress import SGDRegressHead
 
-BUILTIN = (LogRegHead, LinearSVMHead, RBFSVMHead, MLPHead, SGDHead)  # the built-in kinds, in this order
+# the built-in kinds, in this order: classifiers (task "classify"), then regressors (task "regress")
+BUILTIN = (LogRegHead, LinearSVMHead, RBFSVMHead, MLPHead, SGDHead, RidgeHead, RBFRidgeHead, MLPRegressHead,
+           SGDRegressHead)
 for _cls in BUILTIN:
     register_head(_cls)
 

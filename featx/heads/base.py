@@ -172,38 +172,31 @@ BASE_PARAMS = ("seed", "class_weight", "grid", "n_classes")
 
 
 @dataclass(eq=False, repr=False)
-class Head(ClassifierMixin, BaseEstimator):
-    """A scikit-learn style estimator that chooses its own hyperparameters on validation rows.
+class Estimator(BaseEstimator):
+    """What classifier and regression heads share: a grid of hyperparameters chosen on validation rows,
+    plain constructor parameters, fitted state in trailing-underscore attributes, saved as arrays.
 
-    Constructor parameters (get_params): seed, class_weight (None or "balanced"), grid (overrides of
-    default_grid), n_classes (None: from the labels) and the kind's own settings, as dataclass fields.
-    fit() searches the grid with featx.heads.select.grid_search; fitted attributes end in "_":
-    scaler_, n_classes_, classes_, best_params_ and one `<key>_` per grid key (C_, gamma_, alpha_,
-    hidden_), grid_, cv_results_ (one row per grid point) and selection_ (what head.json records).
-
-    A subclass sets `kind` and `default_grid`, and implements _fit_point (one grid point on the
-    training rows -> fitted attributes and a result row), _proba, _arrays and _load. Decorate it
-    with @register_head and @dataclass(eq=False, repr=False).
+    `task` says what the head learns: "classify" (Head) or "regress" (featx.heads.regression.RegressionHead).
+    A subclass sets `kind` and `default_grid` and implements _load (arrays -> fitted state) and _arrays.
     """
 
     kind: ClassVar[str] = ""
+    task: ClassVar[str] = ""
     default_grid: ClassVar[dict[str, list | None]] = {}
-    choice_metric: ClassVar[str | None] = None  # None: accuracy (balanced accuracy with class_weight="balanced")
+    choice_metric: ClassVar[str | None] = None
+    base_params: ClassVar[tuple[str, ...]] = ("seed", "grid")
 
     seed: int = 0
-    class_weight: str | None = None
     grid: dict | None = None
-    n_classes: int | None = None
 
     # --- constructor parameters ---
     @classmethod
     def settings(cls) -> list[str]:
-        """The kind's own constructor parameters, beyond seed, class_weight, grid and n_classes."""
-        return [n for n in cls._get_param_names() if n not in BASE_PARAMS]
+        """The kind's own constructor parameters, beyond the base ones (seed, grid, ...)."""
+        return [n for n in cls._get_param_names() if n not in cls.base_params]
 
     def check_params(self) -> None:
-        """One-line errors for a bad class_weight or grid."""
-        class_weights(np.zeros(1, np.int64), 1, self.class_weight)  # validates the mode
+        """One-line errors for a bad grid."""
         bad = set(self.grid or {}) - set(self.default_grid)
         if bad:
             raise FeatxError(f"{self.kind} head has no grid for {', '.join(sorted(bad))}; "
@@ -215,6 +208,99 @@ class Head(ClassifierMixin, BaseEstimator):
         """The grid searched: default_grid with the user's overrides, None entries filled for `dim` features."""
         grid = {**self.default_grid, **(self.grid or {})}
         return self._fill_grid({k: None if v is None else list(v) for k, v in grid.items()}, dim)
+
+    # --- saving and rebuilding ---
+    def fitted_params(self) -> dict[str, Any]:
+        """JSON-ready fitted choices: the chosen grid point (head.json "fitted")."""
+        return dict(self.best_params_)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"scaler_mean": self.scaler_.mean, "scaler_scale": self.scaler_.scale, **self._arrays()}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], fitted: dict | None = None) -> "Estimator":
+        """A fitted head from constructor params, fitted choices and arrays. Cards before version 2
+        kept the fitted choices among the params: with fitted=None they are read from there."""
+        names = cls._get_param_names()
+        head = cls(**{k: params[k] for k in names if k in params})
+        if fitted is None:
+            fitted = {k: v for k, v in params.items() if k not in names and k != "kind"}
+            fitted["n_classes"] = params.get("n_classes")
+        head._restore(fitted, arrays)
+        return head
+
+    def _restore(self, fitted: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.best_params_ = {k: fitted[k] for k in self.default_grid if k in fitted}
+        for k, v in self.best_params_.items():
+            setattr(self, f"{k}_", v)
+        try:
+            self.scaler_ = Standardiser(arrays["scaler_mean"], arrays["scaler_scale"])
+            self._load(arrays)
+        except KeyError as e:
+            raise FeatxError(f"saved {self.kind} head lacks array {e.args[0]!r}") from None
+        self._restored(fitted)
+
+    def _restored(self, fitted: dict) -> None:
+        """Fitted state beyond the grid point and the arrays (e.g. the number of classes)."""
+
+    # --- the search ---
+    def _record(self, search: Search) -> None:
+        """Take the chosen candidate's fitted attributes and keep the search for head.json."""
+        self.grid_, self.cv_results_, self.best_params_ = search.grid, search.results, dict(search.best)
+        for k, v in search.best.items():
+            setattr(self, f"{k}_", v)
+        for k, v in search.state.items():
+            setattr(self, k, v)
+        self.selection_ = {"grid": search.grid, "results": search.results, "chosen": dict(search.best),
+                           **self._selection_notes()}
+
+    def _selected_on(self, on: str) -> None:
+        self.selection_ = {"on": on, "metric": self.choice_metric or self.metric_name, **self.selection_}
+
+    @property
+    def metric_name(self) -> str:
+        return self.choice_metric or ""
+
+    def _fill_grid(self, grid: dict, dim: int) -> dict[str, list]:
+        return grid
+
+    def _selection_notes(self) -> dict[str, Any]:
+        """Extra facts for head.json's selection (calibration, device, ...)."""
+        return {}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False, repr=False)
+class Head(ClassifierMixin, Estimator):
+    """A scikit-learn style classifier that chooses its own hyperparameters on validation rows.
+
+    Constructor parameters (get_params): seed, grid (overrides of default_grid), class_weight (None or
+    "balanced"), n_classes (None: from the labels) and the kind's own settings, as dataclass fields.
+    fit() searches the grid with featx.heads.select.grid_search; fitted attributes end in "_":
+    scaler_, n_classes_, classes_, best_params_ and one `<key>_` per grid key (C_, gamma_, alpha_,
+    hidden_), grid_, cv_results_ (one row per grid point) and selection_ (what head.json records).
+
+    A subclass sets `kind` and `default_grid`, and implements _fit_point (one grid point on the
+    training rows -> fitted attributes and a result row), _proba, _arrays and _load. Decorate it
+    with @register_head and @dataclass(eq=False, repr=False).
+    """
+
+    task: ClassVar[str] = "classify"
+    choice_metric: ClassVar[str | None] = None  # None: accuracy (balanced accuracy with class_weight="balanced")
+    base_params: ClassVar[tuple[str, ...]] = BASE_PARAMS
+
+    class_weight: str | None = None
+    n_classes: int | None = None
+
+    def check_params(self) -> None:
+        """One-line errors for a bad class_weight or grid."""
+        class_weights(np.zeros(1, np.int64), 1, self.class_weight)  # validates the mode
+        super().check_params()
 
     # --- estimator API ---
     def fit(self, X, y, X_val=None, y_val=None) -> "Head":
@@ -251,30 +337,7 @@ class Head(ClassifierMixin, BaseEstimator):
         """JSON-ready fitted choices: n_classes and the chosen grid point (head.json "fitted")."""
         return {"n_classes": self.n_classes_, **self.best_params_}
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"scaler_mean": self.scaler_.mean, "scaler_scale": self.scaler_.scale, **self._arrays()}
-
-    @classmethod
-    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], fitted: dict | None = None) -> "Head":
-        """A fitted head from constructor params, fitted choices and arrays. Cards before version 2
-        kept the fitted choices among the params: with fitted=None they are read from there."""
-        names = cls._get_param_names()
-        head = cls(**{k: params[k] for k in names if k in params})
-        if fitted is None:
-            fitted = {k: v for k, v in params.items() if k not in names and k != "kind"}
-            fitted["n_classes"] = params.get("n_classes")
-        head._restore(fitted, arrays)
-        return head
-
-    def _restore(self, fitted: dict, arrays: dict[str, np.ndarray]) -> None:
-        self.best_params_ = {k: fitted[k] for k in self.default_grid if k in fitted}
-        for k, v in self.best_params_.items():
-            setattr(self, f"{k}_", v)
-        try:
-            self.scaler_ = Standardiser(arrays["scaler_mean"], arrays["scaler_scale"])
-            self._load(arrays)
-        except KeyError as e:
-            raise FeatxError(f"saved {self.kind} head lacks array {e.args[0]!r}") from None
+    def _restored(self, fitted: dict) -> None:
         n = fitted.get("n_classes") or self.n_classes
         if n is None:  # not recorded: as many as the head outputs
             n = self._proba(np.zeros((1, len(self.scaler_.mean)))).shape[1]
@@ -306,36 +369,10 @@ class Head(ClassifierMixin, BaseEstimator):
         grid = self.search_grid(Z.shape[1])
         self._record(grid_search(grid, lambda point: self._fit_point(Z, y, Zv, y_val, point)))
 
-    def _record(self, search: Search) -> None:
-        """Take the chosen candidate's fitted attributes and keep the search for head.json."""
-        self.grid_, self.cv_results_, self.best_params_ = search.grid, search.results, dict(search.best)
-        for k, v in search.best.items():
-            setattr(self, f"{k}_", v)
-        for k, v in search.state.items():
-            setattr(self, k, v)
-        self.selection_ = {"grid": search.grid, "results": search.results, "chosen": dict(search.best),
-                           **self._selection_notes()}
-
-    def _selected_on(self, on: str) -> None:
-        self.selection_ = {"on": on, "metric": self.choice_metric or self.metric_name, **self.selection_}
-
-    def _fill_grid(self, grid: dict, dim: int) -> dict[str, list]:
-        return grid
-
-    def _selection_notes(self) -> dict[str, Any]:
-        """Extra facts for head.json's selection (calibration, device, ...)."""
-        return {}
-
     def _fit_point(self, Z, y, Zv, yv, point: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         raise NotImplementedError
 
     def _proba(self, Z: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def _load(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
 

@@ -1,6 +1,7 @@
 """A saved head: head.safetensors (the learned arrays) and head.json (the card). Never a pickle.
 
-The card (version 2) records the sha256 of head.safetensors ("arrays_sha256") and a digest of its
+The card (version 2) names the head's task ("classify" or "regress"; cards without it are
+classifiers), and records the sha256 of head.safetensors ("arrays_sha256") and a digest of its
 own content ("card_sha256": sha256 of the card as canonical JSON without that field). Loading
 refuses a head whose files do not match, in one line. Version 1 cards (no digests) still load.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
-from .base import Head
+from .base import Estimator
 from .registry import get_head_class, head_classes
 
 CARD_FORMAT = "featx-head"
@@ -38,7 +39,7 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def save_head(head: Head, out_dir: str | Path, card: dict) -> Path:
+def save_head(head: Estimator, out_dir: str | Path, card: dict) -> Path:
     """Write head.safetensors, then head.json with both digests; each atomically, mode 0644."""
     from safetensors.numpy import save_file
 
@@ -54,7 +55,7 @@ def save_head(head: Head, out_dir: str | Path, card: dict) -> Path:
 
     atomic_write(out / ARRAYS_FILE, write_arrays)
     given = {k: v for k, v in card.items() if k not in (ARRAYS_DIGEST, CARD_DIGEST)}
-    full = to_json({"format": CARD_FORMAT, "version": CARD_VERSION, **given, "head": head.kind,
+    full = to_json({"format": CARD_FORMAT, "version": CARD_VERSION, **given, "head": head.kind, "task": head.task,
                     "params": params_record(head), "fitted": head.fitted_params(),
                     ARRAYS_DIGEST: sha["arrays"]})
     full[CARD_DIGEST] = card_digest(full)
@@ -63,7 +64,7 @@ def save_head(head: Head, out_dir: str | Path, card: dict) -> Path:
     return out
 
 
-def params_record(head: Head) -> dict:
+def params_record(head: Estimator) -> dict:
     """head.json "params": the constructor parameters, with the fitted choices alongside (C, gamma, hidden,
     ...) as version 1 cards had them, for readers of card["params"]. Loading takes the constructor
     parameters from here and the fitted ones from "fitted"."""
@@ -94,7 +95,12 @@ def read_card(head_dir: str | Path) -> dict:
     return card
 
 
-def load_head(head_dir: str | Path) -> tuple[Head, dict]:
+def card_task(card: dict) -> str:
+    """"classify" or "regress": what a saved head predicts (cards written before regression heads: classify)."""
+    return card.get("task") or "classify"
+
+
+def load_head(head_dir: str | Path) -> tuple[Estimator, dict]:
     """(head, card) from a folder written by save_head. Reads JSON and safetensors only."""
     from safetensors.numpy import load_file
 

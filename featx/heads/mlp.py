@@ -20,15 +20,33 @@ def pick_device(device: str = "auto") -> str:
     return resolve_device(device).type
 
 
-def mlp_forward(Z: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
-    """[W0, b0, W1, b1, ...] with ReLU between layers -> class probabilities (float32 math, float64 out)."""
+def mlp_outputs(Z: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """[W0, b0, W1, b1, ...] with ReLU between layers -> the last layer's outputs (float32 math, float64 out)."""
     h = Z.astype(np.float32)
     n = len(weights) // 2
     for k in range(n):
         h = h @ weights[2 * k].T + weights[2 * k + 1]
         if k < n - 1:
             h = np.maximum(h, 0.0)
-    return softmax(h.astype(np.float64))
+    return h.astype(np.float64)
+
+
+def mlp_forward(Z: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """[W0, b0, W1, b1, ...] with ReLU between layers -> class probabilities (float32 math, float64 out)."""
+    return softmax(mlp_outputs(Z, weights))
+
+
+def layer_arrays(weights: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """[W0, b0, W1, b1, ...] -> {"layer0_weight": W0, "layer0_bias": b0, ...} (head.safetensors names)."""
+    return {f"layer{k // 2}_{'weight' if k % 2 == 0 else 'bias'}": a for k, a in enumerate(weights)}
+
+
+def layers_from_arrays(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    n = sum(1 for k in arrays if k.startswith("layer") and k.endswith("_weight"))
+    weights = []
+    for k in range(n):
+        weights += [arrays[f"layer{k}_weight"], arrays[f"layer{k}_bias"]]
+    return weights
 
 
 @dataclass(eq=False, repr=False)
@@ -111,10 +129,7 @@ class MLPHead(Head):
         return mlp_forward(Z, self.weights_)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {f"layer{k // 2}_{'weight' if k % 2 == 0 else 'bias'}": a for k, a in enumerate(self.weights_)}
+        return layer_arrays(self.weights_)
 
     def _load(self, arrays) -> None:
-        n = sum(1 for k in arrays if k.startswith("layer") and k.endswith("_weight"))
-        self.weights_ = []
-        for k in range(n):
-            self.weights_ += [arrays[f"layer{k}_weight"], arrays[f"layer{k}_bias"]]
+        self.weights_ = layers_from_arrays(arrays)

@@ -8,8 +8,9 @@ does not give: a score computed after fitting on the val rows (Platt scaling of 
 and fitting from store chunks (sgd streams; it never holds the training set).
 
 Grid points come from sklearn's ParameterGrid (keys in sorted order, the last varying fastest).
-The best point has the highest score; ties go to the lower val_log_loss, then to the earliest grid
-point (grids list the strongest regularisation first).
+The best point has the highest score (classifiers: accuracy or -val_log_loss; regressors: -val_mae);
+ties go to the lower val_log_loss (regressors: val_rmse), then to the earliest grid point (grids list
+the strongest regularisation first).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class Search:
 
 
 def rank(row: dict, i: int) -> tuple:
-    """Sort key of result row i: higher is better."""
-    return (row["score"], -row.get("val_log_loss", 0.0), -i)
+    """Sort key of result row i: higher is better. Ties: lower val_log_loss (classifiers) or val_rmse
+    (regressors), then the earlier point."""
+    return (row["score"], -row.get("val_log_loss", row.get("val_rmse", 0.0)), -i)
 
 
 def grid_search(grid: dict[str, list], fit_point: FitPoint) -> Search:

@@ -6,7 +6,9 @@ roc_auc, confusion (rows = true class, columns = predicted, in `classes` order),
 Binary tasks score the positive class: the second of the sorted classes (e.g. "male" of female/male).
 With more than two classes precision, recall, F1, specificity and ROC AUC are macro averages.
 evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report.html.enrich)
-and writes report.html and predictions.csv beside metrics.json.
+and writes report.html and predictions.csv beside metrics.json. A regression head's card (task "regress")
+goes to featx.report.regression instead: metrics.json then holds task, target, n, mae, rmse, r2, within_5,
+bias, median_ae, groups, intervals, timing and provenance.
 """
 
 from __future__ import annotations
@@ -34,7 +36,32 @@ def parse_by(by) -> list[str]:
     return [b.strip() for b in by if b and b.strip()]
 
 
-def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None) -> dict:
+def check_by(columns: list[str], extras) -> None:
+    for c in columns:
+        if c not in extras:
+            have = ", ".join(sorted(extras)) or "none"
+            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+
+
+def head_set(card: dict, store, targets: str | None = None):
+    """The store through target set `targets`, else the set the head was trained on when the store has
+    it (by manifest hash), else the store's current set."""
+    if targets is None and hasattr(store, "target_sets"):
+        want = card.get("provenance", {}).get("manifest_hash")
+        same = [s["id"] for s in store.target_sets() if s["manifest_hash"] == want]
+        if same and same[0] != store.set_id:
+            from ..store import FeatureStore
+
+            store = FeatureStore(store.group, store.name, same[0])
+    elif targets is not None and hasattr(store, "target_sets"):
+        from ..store import FeatureStore
+
+        store = FeatureStore(store.group, store.name, targets)
+    return store
+
+
+def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_dir: str | Path | None = None,
+             targets: str | None = None) -> dict:
     """Score the head in `head_dir` on `split` of `store` ("all" = every usable row) and write the report.
 
     The store may come from another collection (another manifest) of the same release and tap.
@@ -42,23 +69,29 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     """
     from ..data import check_split
     from ..heads import check_compatible, load_head
-    from ..training import open_store, predict_rows, store_label
+    from ..heads.card import card_task
+    from ..training import open_store, predict_rows, store_label, use_target
 
     head, card = load_head(head_dir)
     given = store if isinstance(store, (str, Path)) else None
-    store = open_store(store)
+    base = head_set(card, open_store(store), targets)
+    target = card.get("target")  # cards before targets: the store's label (or the regress report's column)
+    store = use_target(base, target, card_task(card)) if target else base
     check_compatible(card, dict(store.attrs))
     check_split(split)
     columns = parse_by(by)
-    extras = dict(store.extras)
-    for c in columns:
-        if c not in extras:
-            have = ", ".join(sorted(extras)) or "none"
-            raise FeatxError(f"the store has no column {c!r} for --by; columns: {have}")
+    extras = store.extras  # read column by column, as asked for
+    check_by(columns, extras)
+    if report_dir is None:
+        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
+    if card_task(card) == "regress":
+        from .regression import RegressionEval, evaluate_regression
+
+        name = str(getattr(store, "name", given))
+        return evaluate_regression(RegressionEval(head, card, str(head_dir), base, split, columns, name), report_dir)
     idx = store.indices(split)
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {split} rows")
-
     head_classes = list(card["classes"])
     store_classes = list(store.classes)
     missing = sorted(set(store_classes) - set(head_classes))
@@ -77,9 +110,8 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         "head": str(head_dir), "head_type": card["head"], "store": str(getattr(store, "name", given)),
         "split": split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
         "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
+        "target": card.get("target", "label"), "left_out": store.missing(split) if hasattr(store, "missing") else 0,
     }
-    if report_dir is None:
-        report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
     from .html import EvalRun, enrich, write_page
 
     run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
@@ -103,13 +135,19 @@ def _fmt(x, pct: bool = False) -> str:
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
 
 
+REGRESSION_SUMMARY = ("mae", "rmse", "r2", "within_5", "bias")
+
+
 def summary_table(metrics: dict, max_rows: int = 40) -> str:
-    """A compact plain-text table: overall metrics, then one row per group bucket."""
-    cols = ["n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
-    rows = [["all"] + [_fmt(metrics["n"])] + [_fmt(metrics[k]) for k in SUMMARY_KEYS]]
+    """A compact plain-text table: overall metrics, then one row per group bucket (a regression head's
+    report: MAE, RMSE, R², within 5, bias)."""
+    regress = metrics.get("task") == "regress"
+    keys = REGRESSION_SUMMARY if regress else SUMMARY_KEYS
+    cols = ["n", *keys] if regress else ["n", "acc", "bal_acc", "prec", "recall", "f1", "spec", "auc"]
+    rows = [["all"] + [_fmt(metrics["n"])] + [_fmt(metrics[k]) for k in keys]]
     for col, buckets in metrics.get("groups", {}).items():
         for b, g in buckets.items():
-            rows.append([f"{col}={b}"] + [_fmt(g["n"])] + [_fmt(g[k]) for k in SUMMARY_KEYS])
+            rows.append([f"{col}={b}"] + [_fmt(g["n"])] + [_fmt(g[k]) for k in keys])
     rows = rows[:max_rows]
     header = ["group"] + cols
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]

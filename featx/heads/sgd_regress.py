@@ -1,0 +1,164 @@
+"""Linear regression by SGD over store chunks: a store larger than memory trains in bounded memory.
+
+The regression twin of the `sgd` classifier and the same stream: pass 1 reads the training chunks
+for the features' mean and variance; then, for each grid point (alpha, transform), each epoch
+visits the chunks in a random order, `mix_chunks` at a time, shuffles those rows together and calls
+SGDRegressor.partial_fit on the standardised transformed target. The validation MAE in the target's
+units after each epoch drives early stopping and the choice. Only the targets ([n] floats) are held.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import SGDRegressor
+
+from ..errors import FeatxError
+from .base import as_2d
+from .registry import register_head
+from .regression import TRANSFORMS, RegressionHead, Targets, random_holdout, val_scores
+from .select import grid_search
+from .sgd import Reader, RunningStats, array_reader
+
+LOSSES = ("squared_error", "huber", "epsilon_insensitive")
+
+
+@dataclass
+class RegStream:
+    """What one streamed fit reads: the chunk reader, targets per row, training chunk groups, val rows."""
+
+    read: Reader
+    y: np.ndarray  # targets in their units, indexed by row
+    groups: list[np.ndarray]  # training rows of each stored chunk
+    flips: tuple[bool, ...]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def units(self) -> list[tuple[int, bool]]:
+        return [(g, f) for f in self.flips for g in range(len(self.groups))]
+
+
+@register_head
+@dataclass(eq=False, repr=False)
+class SGDRegressHead(RegressionHead):
+    kind = "sgd-regress"
+    default_grid = {"alpha": [1e-5, 1e-4, 1e-3], "transform": list(TRANSFORMS)}
+    loss: str = "squared_error"
+    epochs: int = 10
+    patience: int = 3
+    mix_chunks: int = 8
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.loss not in LOSSES:
+            raise FeatxError(f"unknown loss {self.loss!r} for {self.kind}; use one of {', '.join(LOSSES)}")
+
+    def _fit(self, X, y, X_val, y_val) -> None:
+        yall = np.concatenate([y, y_val])
+        tr, va = np.arange(len(X)), np.arange(len(X), len(yall))
+        self._fit_stream(array_reader(np.concatenate([X, X_val])), yall, tr, va, (False,))
+
+    def fit_stream(self, read: Reader, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None = None,
+                   flips: tuple[bool, ...] = (False,), on: str = "val") -> "SGDRegressHead":
+        """Fit from chunks: `read(idx, flip)` yields (rows, X); targets[rows] are the values to learn."""
+        self.check_params()
+        targets = np.asarray(targets, np.float64)
+        train_idx = np.sort(np.asarray(train_idx))
+        if val_idx is None or len(val_idx) == 0:
+            if len(train_idx) < 2:
+                raise FeatxError("need at least two rows to hold some out for the choice")
+            tr, ho = random_holdout(len(train_idx), 0.2, self.seed)
+            train_idx, val_idx, on = train_idx[tr], train_idx[ho], "holdout 20% of the training rows"
+        val_idx = np.sort(np.asarray(val_idx))
+        if len(train_idx) == 0:
+            raise FeatxError("no training rows")
+        bad = int((~np.isfinite(targets[np.concatenate([train_idx, val_idx])])).sum())
+        if bad:
+            raise FeatxError(f"{bad} targets are missing or not finite; leave those rows out")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._fit_stream(read, targets, train_idx, val_idx, tuple(flips))
+        self._selected_on(on)
+        return self
+
+    def _fit_stream(self, read: Reader, y, train_idx, val_idx, flips) -> None:
+        stats, groups = RunningStats(), []
+        for flip in flips:
+            for rows, X in read(train_idx, flip):
+                X = as_2d(X)
+                if not np.isfinite(X).all():
+                    raise FeatxError("features contain NaN or infinity")
+                stats.add(X)
+                if not flip:
+                    groups.append(np.asarray(rows))
+        if stats.n == 0:
+            raise FeatxError("no training rows")
+        self.scaler_ = stats.scaler()
+        y_tr = y[train_idx]
+        self.target_range_ = np.asarray([y_tr.min(), y_tr.max()], np.float64)
+        grid = self._transform_grid(self.search_grid(len(self.scaler_.mean)), y[np.concatenate([train_idx, val_idx])])
+        s = RegStream(read, y, groups, flips, train_idx, val_idx)
+        fitted = {}
+        for name in grid["transform"]:
+            tg = Targets.make(name, y_tr)
+            full = np.full(len(y), np.nan)
+            full[train_idx] = tg.t
+            fitted[name] = (tg, full)
+        self._record(grid_search(grid, lambda p: self._fit_point_stream(s, *fitted[p["transform"]], p)))
+        self.selection_.update(self._transform_notes)
+        self.selection_["streamed"] = {"chunks": len(groups), "flips": list(flips)}
+
+    def _fit_point_stream(self, s: RegStream, tg: Targets, t_full: np.ndarray, point: dict) -> tuple[dict, dict]:
+        """Epochs of partial_fit with early stopping on the val MAE; the best epoch's weights."""
+        rng = np.random.default_rng(self.seed)
+        reg = SGDRegressor(loss=self.loss, alpha=point["alpha"], random_state=self.seed)
+        best, best_epoch, bad, snap = None, 0, 0, None
+        for epoch in range(1, int(self.epochs) + 1):
+            self._epoch(s, reg, t_full, rng)
+            coef, intercept = np.asarray(reg.coef_, np.float64).copy(), float(reg.intercept_[0])
+            row = self._val_row(s, tg, coef, intercept)
+            if best is None or row["val_mae"] < best["val_mae"] - 1e-9:
+                best, best_epoch, bad, snap = row, epoch, 0, (coef, intercept)
+            else:
+                bad += 1
+                if bad >= int(self.patience):
+                    break
+        state = {"coef_": snap[0], "intercept_": snap[1], "target_mean_": tg.mean, "target_scale_": tg.scale}
+        return state, {**best, "epochs": best_epoch}
+
+    def _epoch(self, s: RegStream, reg: SGDRegressor, t_full: np.ndarray, rng: np.random.Generator) -> None:
+        """One pass over the training chunks, `mix_chunks` at a time, rows shuffled within each mix."""
+        units = s.units
+        order = rng.permutation(len(units))
+        mix = max(1, int(self.mix_chunks))
+        for start in range(0, len(order), mix):
+            Xb, tb = [], []
+            for flip in s.flips:
+                sel = [s.groups[units[u][0]] for u in order[start:start + mix] if units[u][1] == flip]
+                if not sel:
+                    continue
+                for rows, X in s.read(np.sort(np.concatenate(sel)), flip):
+                    Xb.append(self.scaler_(X))
+                    tb.append(t_full[np.asarray(rows)])
+            Xb, tb = np.concatenate(Xb), np.concatenate(tb)
+            p = rng.permutation(len(tb))
+            reg.partial_fit(Xb[p], tb[p])
+
+    def _val_row(self, s: RegStream, tg: Targets, coef: np.ndarray, intercept: float) -> dict:
+        preds, truth = [], []
+        for rows, X in s.read(s.val_idx, False):
+            preds.append(np.clip(tg.to_units(self.scaler_(X) @ coef + intercept), *self.target_range_))
+            truth.append(s.y[np.asarray(rows)])
+        return val_scores(np.concatenate(truth), np.concatenate(preds))
+
+    def _predict_std(self, Z: np.ndarray) -> np.ndarray:
+        return Z @ self.coef_ + self.intercept_
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": np.asarray(self.coef_, np.float64), "intercept": np.asarray([self.intercept_], np.float64)}
+
+    def _load(self, arrays) -> None:
+        self.coef_, self.intercept_ = arrays["coef"], float(arrays["intercept"][0])
