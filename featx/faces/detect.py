@@ -60,8 +60,9 @@ class DetectOptions:
     `upsample` (dlib's own geometry). `min_face` instead picks u (0 when min_face >= window: no upsampling)
     and the first level (the last whose faces are not larger than min_face: smaller levels are computed
     by dlib's resizes but not searched); `max_face` keeps levels up to the first whose faces exceed it.
-    A photo whose working image would pass `max_side` is first reduced (area-averaged) to fit, and its
-    boxes mapped back, so time and memory stay bounded. Frames (LFW-like): min_face 80; face crops of
+    When the working image would pass `max_side`, the upsampling is skipped and a photo longer than
+    max_side is reduced (area-averaged) to fit, its boxes mapped back: time and memory stay bounded
+    (the smallest face found grows in proportion). Frames (LFW-like): min_face 80; face crops of
     side n: min_face ~ 0.6 n, max_face ~ 1.2 n."""
 
     upsample: int = 0  # dlib's pyramid_up count, when min_face is None
