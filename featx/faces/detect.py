@@ -27,7 +27,7 @@ own pixels. Images are batched by working size, on the detector's torch device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +342,13 @@ class FaceDetector:
         from .models import DETECTOR, model_path
 
         return cls.from_file(model_path(DETECTOR, echo), device, precision)
+
+    def identity(self, options: DetectOptions | None = None) -> dict:
+        """What decides the boxes, for a store's identity: the file's sha256, precision and the options
+        (batch and budget only change speed)."""
+        o = asdict(options or DetectOptions())
+        return {"detector": "dlib-mmod", "sha256": self.sha256, "precision": self.precision,
+                **{k: v for k, v in o.items() if k not in ("batch", "budget_px")}}
 
     # --- planning ---
     def too_small(self, nr: int, nc: int, options: DetectOptions | None = None) -> bool:
