@@ -368,6 +368,13 @@ def test_a_big_photo_is_reduced_with_bounded_memory(tiny):
     assert [x.shape[0] for x in s.seen] == [2, 1]
 
 
+def test_identity_names_what_decides_the_boxes(tiny):
+    a, b = tiny.identity(), tiny.identity(fd.DetectOptions(batch=2, budget_px=10))
+    assert a == b and a["sha256"] == tiny.sha256 and len(a["sha256"]) == 64 and a["precision"] == "fp32"
+    assert tiny.identity(fd.DetectOptions(min_face=60)) != a and "batch" not in a
+    assert a["upsample"] == 0 and a["max_side"] == 1600
+
+
 def test_images_are_batched_by_size(tiny):
     imgs = [np.zeros((60, 80, 3), np.uint8), np.zeros((50, 50, 3), np.uint8), np.zeros((60, 80, 3), np.uint8)]
     s = with_scores(tiny, {(0, 3, 3): 2.0, (1, 4, 4): 1.0})

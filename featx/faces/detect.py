@@ -27,7 +27,7 @@ own pixels. Images are batched by working size, on the detector's torch device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +60,9 @@ class DetectOptions:
     `upsample` (dlib's own geometry). `min_face` instead picks u (0 when min_face >= window: no upsampling)
     and the first level (the last whose faces are not larger than min_face: smaller levels are computed
     by dlib's resizes but not searched); `max_face` keeps levels up to the first whose faces exceed it.
-    A photo whose working image would pass `max_side` is first reduced (area-averaged) to fit, and its
-    boxes mapped back, so time and memory stay bounded. Frames (LFW-like): min_face 80; face crops of
+    When the working image would pass `max_side`, the upsampling is skipped and a photo longer than
+    max_side is reduced (area-averaged) to fit, its boxes mapped back: time and memory stay bounded
+    (the smallest face found grows in proportion). Frames (LFW-like): min_face 80; face crops of
     side n: min_face ~ 0.6 n, max_face ~ 1.2 n."""
 
     upsample: int = 0  # dlib's pyramid_up count, when min_face is None
@@ -341,6 +342,13 @@ class FaceDetector:
         from .models import DETECTOR, model_path
 
         return cls.from_file(model_path(DETECTOR, echo), device, precision)
+
+    def identity(self, options: DetectOptions | None = None) -> dict:
+        """What decides the boxes, for a store's identity: the file's sha256, precision and the options
+        (batch and budget only change speed)."""
+        o = asdict(options or DetectOptions())
+        return {"detector": "dlib-mmod", "sha256": self.sha256, "precision": self.precision,
+                **{k: v for k, v in o.items() if k not in ("batch", "budget_px")}}
 
     # --- planning ---
     def too_small(self, nr: int, nc: int, options: DetectOptions | None = None) -> bool:
