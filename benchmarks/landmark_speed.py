@@ -41,7 +41,8 @@ print(json.dumps({"landmarks": best_l, "chips": best_c,
 
 
 def featx_times(sp, imgs: list[np.ndarray], best: dict) -> tuple[np.ndarray, np.ndarray]:
-    from featx.faces.chip import DLIB_RESNET_CHIP, cut
+    from featx.backbones.dlib_resnet import DLIB5_CHIP
+    from featx.faces.chip import cut
 
     t0 = time.process_time()
     for a in imgs:
@@ -49,7 +50,7 @@ def featx_times(sp, imgs: list[np.ndarray], best: dict) -> tuple[np.ndarray, np.
     t1 = time.process_time()
     pts = sp.many(imgs, [[BOX]] * len(imgs))
     t2 = time.process_time()
-    chips = [cut(a, DLIB_RESNET_CHIP, shape5=p[0]) for a, p in zip(imgs, pts)]
+    chips = [cut(a, DLIB5_CHIP, shape5=p[0]) for a, p in zip(imgs, pts)]
     t3 = time.process_time()
     for k, v in (("landmarks_one", t1 - t0), ("landmarks_many", t2 - t1), ("chips", t3 - t2)):
         best[k] = min(best.get(k, 1e9), v)

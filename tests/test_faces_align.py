@@ -34,6 +34,9 @@ from PIL import Image
 
 from featx.errors import FeatxError
 from featx.faces import chip as fc
+from featx.backbones.dlib_resnet import DLIB5_CHIP
+from featx.backbones.facenet import FACENET_CHIP
+from featx.releases import Chip
 from featx.faces import landmarks as fl
 
 from conftest import SHARED
@@ -273,7 +276,7 @@ def test_chip_samples_where_dlibs_geometry_says(angle, scale, step, size):
 
 def test_chip_outside_the_photo_is_black():
     pts = face_points(10.0, 1.0, (10, 60))  # the face's centre 10 px from the left edge
-    chip = fc.cut(ramp(120, 120) + 1, fc.DLIB_RESNET_CHIP, shape5=pts)
+    chip = fc.cut(ramp(120, 120) + 1, DLIB5_CHIP, shape5=pts)
     assert chip.shape == (150, 150, 3) and chip.dtype == np.uint8
     assert (chip[:, :40] == 0).all() and (chip[60:90, 100:] > 0).all()
 
@@ -304,23 +307,23 @@ def test_pyramid_down_is_dlibs():
 def test_box_chip_keeps_the_box_in_the_middle():
     img = np.zeros((200, 300, 3), np.uint8)
     img[50:110, 100:160] = 255  # the face box: left 100, top 50, right 159, bottom 109 (60 px)
-    chip = fc.cut(img, fc.Chip("box", 90, margin=0.5), box=(100, 50, 159, 109))
+    chip = fc.cut(img, Chip("box", 90, margin=0.5), box=(100, 50, 159, 109))
     white = np.flatnonzero(chip[45, :, 0] > 127)
     assert chip.shape == (90, 90, 3) and 58 <= len(white) <= 62  # 90 / 1.5 = 60 px wide
     assert abs((white[0] + white[-1]) / 2 - 44.5) <= 1 and chip[2, 2, 0] == 0
-    wide = fc.cut(img, fc.Chip("box", 90, margin=0.0), box=(100, 50, 159, 109))
+    wide = fc.cut(img, Chip("box", 90, margin=0.0), box=(100, 50, 159, 109))
     assert (wide[5:85, 5:85] == 255).all()  # a tall-or-wide box is squared, not stretched
 
 
 def test_chip_values():
-    assert fc.DLIB_RESNET_CHIP == fc.Chip("dlib5", 150, padding=0.25)
-    assert fc.Chip.from_dict(fc.FACENET_CHIP.to_dict()) == fc.FACENET_CHIP
+    assert DLIB5_CHIP == Chip("dlib5", 150, padding=0.25)
+    assert Chip.from_dict(FACENET_CHIP.to_dict()) == FACENET_CHIP
     for bad in (dict(kind="mtcnn", size=160), dict(kind="box", size=1), dict(kind="dlib5", size=150.5),
                 dict(kind="box", size=160, margin=-1.0)):
         with pytest.raises(FeatxError):
-            fc.Chip(**bad)
+            Chip(**bad)
     with pytest.raises(FeatxError, match="5 landmarks"):
-        fc.cut(np.zeros((10, 10, 3), np.uint8), fc.DLIB_RESNET_CHIP)
+        fc.cut(np.zeros((10, 10, 3), np.uint8), DLIB5_CHIP)
     with pytest.raises(FeatxError, match="5 landmarks"):
         fc.face_chip_details(np.zeros((68, 2)))
 
@@ -351,7 +354,7 @@ def within_one_grey_level(chip: np.ndarray, row: dict, arrays: dict) -> int:
     return int((rebuilt != c).sum())
 
 
-def check_details(d: fc.ChipDetails, want: dict):
+def check_details(d: ChipDetails, want: dict):
     assert np.allclose(d.rect, want["rect"], atol=1e-6) and np.isclose(d.angle, want["angle"], atol=1e-9)
     assert (d.rows, d.cols) == (want["rows"], want["cols"])
 
