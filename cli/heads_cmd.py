@@ -100,7 +100,8 @@ def predict(
     if not as_json:
         width = max([len(r.path) for r in ok] + [4])
         for r in ok:
-            print(f"{r.path.ljust(width)}  {r.label}  {r.probability:.3f}")
+            print(f"{r.path.ljust(width)}  " + (f"{r.value:.2f}" if r.value is not None else
+                                                 f"{r.label}  {r.probability:.3f}"))
     for r in results:
         if r.error is not None:
             print(f"error: {r.path}: {r.error}", file=sys.stderr)

@@ -239,14 +239,23 @@ def output_record(s: Source) -> dict:
     from .heads.card import card_digest
 
     prov = s.prov
-    rec = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "classification",
-           "classes": list(s.card.get("classes", [])), "positive": s.card.get("positive"),
-           "shape": ["batch", len(s.card.get("classes", []))], "tap": prov.get("tap"),
+    task = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "classification",
+            "classes": list(s.card.get("classes", [])), "positive": s.card.get("positive"),
+            "shape": ["batch", len(s.card.get("classes", []))]}
+    if is_regression(s.head):
+        task = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "regression",
+                "target": s.card.get("target") or "target", "classes": None, "shape": ["batch"],
+                "range": [float(v) for v in s.head.target_range_], "transform": s.head.transform_}
+    rec = {**task, "tap": prov.get("tap"),
            "store_dtype": prov.get("dtype") or "float32", "store_precision": prov.get("precision"),
            "head_card_sha256": s.card.get("card_sha256") or card_digest(s.card),
            "augment_flip": bool(s.card.get("training", {}).get("augment_flip")),
            "evaluation": evaluations(s)}
     return rec
+
+
+def is_regression(head) -> bool:
+    return getattr(head, "task", None) == "regress"
 
 
 def evaluations(s: Source) -> list[dict]:
@@ -267,8 +276,8 @@ def evaluations(s: Source) -> list[dict]:
                     "interval": {k: iv.get(k) for k in ("method", "level", "n_boot") if k in iv}})
     if not out and s.card.get("val_metrics"):
         vm = s.card["val_metrics"]
-        figures = {k: {"value": vm[k], "interval": None} for k in ("accuracy", "balanced_accuracy", "roc_auc")
-                   if vm.get(k) is not None}
+        figures = {k: {"value": vm[k], "interval": None} for k in ("accuracy", "balanced_accuracy", "roc_auc", "mae",
+                                                                    "rmse", "r2") if vm.get(k) is not None}
         on = s.card.get("selection", {}).get("on") or "val split"
         out.append({"file": "head.json", "split": "val", "n": vm.get("n"), "figures": figures, "interval": None,
                     "note": f"{on}, which also chose the hyperparameters (no interval; run `featx evaluate`)"})
@@ -327,8 +336,10 @@ def card_markdown(card: dict) -> str:
              f"The graph does the rest: {i['in_graph']}.",
              f"- Mirror averaging in the graph: {'yes' if card['mirror_average'] else 'no'}", ""]
     for o in card["outputs"]:
-        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "",
-                  f"Probabilities [batch, {len(o['classes'])}] over classes {o['classes']} (in this order).", ""]
+        what = (f"Probabilities [batch, {len(o['classes'])}] over classes {o['classes']} (in this order)."
+                if o["task"] == "classification" else
+                f"The predicted {o['target']} [batch], in its own units (clipped to the training range {o['range']}).")
+        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "", what, ""]
         for ev in o["evaluation"]:
             figs = "; ".join(f"{k} {v['value']:.3f}" + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
                                                          if v.get("interval") else "")
@@ -414,6 +425,10 @@ class OnnxModel:
         if not batch:
             return
         proba = self.run(np.stack([a for _, a in batch]))[self.out["name"]]
+        if self.out["task"] == "regression":
+            for (pred, _), v in zip(batch, proba):
+                pred.value = float(v)
+            return
         classes = self.out["classes"]
         for (pred, _), p in zip(batch, proba):
             k = int(p.argmax())

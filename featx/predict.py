@@ -31,13 +31,21 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     face: list[int] | None = None  # x, y, w, h of the crop when --detect-faces
+    value: float | None = None  # a regression head's answer
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.label is not None or self.value is not None
 
     def to_dict(self) -> dict:
         d = {"path": self.path}
         if self.error is not None:
             d["error"] = self.error
             return d
-        d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
+        if self.value is not None:
+            d["value"] = self.value
+        else:
+            d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
         if self.face is not None:
             d["face"] = self.face
         return d
@@ -188,7 +196,7 @@ def stream(model: HeadModel, paths: list[Path], cropper: FaceCropper | None,
         if len(pending) >= batch_size:
             model.label(pending)
             pending.clear()
-        while queue and (queue[0].error is not None or queue[0].label is not None):
+        while queue and queue[0].done:
             yield queue.popleft()
     model.label(pending)
     yield from queue

@@ -285,3 +285,46 @@ def card_sha(path) -> str:
     from featx.weights import sha256_file
 
     return sha256_file(path)
+
+
+REGRESSORS = {"ridge": {}, "rbf-ridge": {"n_landmarks": 20}, "mlp-regress": {"max_epochs": 6, "grid": {"hidden": [[8]]}},
+              "sgd-regress": {}}
+
+
+def test_regression_heads_export_their_values(toy_heads, tmp_path, capsys):
+    """Every regression kind (when featx has them): the file's value = head.predict on featx's features,
+    within 1e-3 in the target's units; `predict --model` prints it as "value"."""
+    from featx.heads import head_classes, load_head, make_head, save_head
+    from featx.export import ExportOptions, OnnxModel, export_onnx
+    from featx.predict import HeadModel
+    from featx.provenance import provenance
+    from featx.store import FeatureStore
+    from featx_cli.main import main
+    from PIL import Image
+
+    if not set(REGRESSORS) <= set(head_classes()):
+        pytest.skip("this featx has no regression heads")
+    root, weights, photos, heads = toy_heads
+    store = FeatureStore.open(str(root / "a.zarr"))
+    tr, va = store.indices("train"), store.indices("val")
+    age = np.arange(len(store.labels), dtype=np.float64) % 17 + 3.0 + 20 * np.asarray(store.labels)
+    for kind, params in REGRESSORS.items():
+        head = make_head(kind, **params).fit(store.features(tr), age[tr], store.features(va), age[va])
+        save_head(head, tmp_path / kind, {"provenance": provenance(store), "target": "age", "classes": []})
+    out = tmp_path / "age" / "model.onnx"
+    card = export_onnx([tmp_path / k for k in REGRESSORS], out, ExportOptions(weights=weights))
+    assert [o["task"] for o in card["outputs"]] == ["regression"] * len(REGRESSORS)
+    head, hcard = load_head(tmp_path / "ridge")
+    hm = HeadModel(head, hcard, weights, "cpu", tmp_path / "ridge", "fp32")
+    chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
+    feats = hm.ex(torch.from_numpy(chips))[0]
+    got = OnnxModel(out, "cpu", "ridge").run(chips)
+    for kind in REGRESSORS:
+        want = load_head(tmp_path / kind)[0].predict(feats)
+        assert got[kind].shape == want.shape and np.abs(got[kind] - want).max() <= 1e-3, kind
+        assert want.std() > 0.1, kind  # not a constant
+    capsys.readouterr()
+    first = str(sorted(photos.iterdir())[0])
+    assert main(["predict", "--model", str(out), "--output", "ridge", "--json", "-q", first]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert abs(line["value"] - got["ridge"][0]) < 1e-6 and "label" not in line
