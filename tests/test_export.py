@@ -7,6 +7,7 @@ whole path: extract -> every head kind -> one several-head ONNX file -> onnxrunt
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -157,6 +158,35 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     assert np.abs(got - (plain + flipped) / 2).max() <= PARITY
     assert np.abs(got - plain).max() > 1e-3  # the mirror pass did something
     assert json.loads(mirrored.with_suffix(".json").read_text())["mirror_average"] is True
+    assert readme_snippet(mirrored, sorted(photos.iterdir())[3], tmp_path) == pytest.approx(
+        dict(zip(card["classes"], got[3].tolist())), abs=1e-3)  # the README's onnxruntime-only lines: same chip
+
+
+def readme_snippet(model, photo, where) -> dict:
+    """Run the README's numpy + Pillow + onnxruntime snippet on `photo` with `model` as models/gender.onnx."""
+    import ast
+    import contextlib
+    import io
+    import shutil
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python", text.index("Run the file without featx")) + len("```python")
+    code = text[start:text.index("```", start)]
+    assert len(code.strip().splitlines()) <= 10 and "featx" not in code
+    run = where / "snippet"
+    (run / "models").mkdir(parents=True)
+    shutil.copy(model, run / "models" / "gender.onnx")
+    shutil.copy(model.with_suffix(".json"), run / "models" / "gender.json")
+    shutil.copy(photo, run / "photo.jpg")
+    out, cwd = io.StringIO(), Path.cwd()
+    try:
+        os.chdir(run)
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    return ast.literal_eval(out.getvalue().strip())
 
 
 @pytest.fixture(scope="module")
