@@ -144,9 +144,10 @@ def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -
     if out.suffix != ".onnx":
         raise FeatxError(f"--out {out}: name the file *.onnx")
     check_card_place(out)
-    torch_onnx = need("onnx"), need("onnxruntime"), need("onnxscript")  # noqa: F841  (fail early, in one line)
+    for module in ("onnx", "onnxruntime", "onnxscript"):  # missing: one line now, not a traceback later
+        need(module)
     sources = load_sources(head_dirs)
-    release, model, sha, backbone = load_base(sources, opts.weights)
+    release, model, sha, _ = load_base(sources, opts.weights)
     pipe = build_pipeline(sources, release, model, opts.mirror)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = release.preprocess.size
@@ -154,7 +155,7 @@ def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -
     try:
         opts.progress(f"export: tracing {release.name} + {len(sources)} head(s) at {size}x{size}")
         write_graph(pipe, [s.name for s in sources], size, tmp, opts.opset)
-        card = model_card(sources, release, sha, backbone, out, opts)
+        card = model_card(sources, release, sha, out, opts)
         add_metadata(tmp, card)
         check_file(pipe, tmp, size, [s.name for s in sources])
         tmp.replace(out)
@@ -284,7 +285,7 @@ def evaluations(s: Source) -> list[dict]:
     return out
 
 
-def model_card(sources: list[Source], release, sha: str, backbone: str, out: Path, opts: ExportOptions) -> dict:
+def model_card(sources: list[Source], release, sha: str, out: Path, opts: ExportOptions) -> dict:
     import onnxruntime
     import torch
 
@@ -295,7 +296,8 @@ def model_card(sources: list[Source], release, sha: str, backbone: str, out: Pat
         "format": FORMAT, "version": VERSION, "onnx_file": out.name,
         "release": {"name": release.name, "weights_sha256": sha, "license": release.license,
                     "source": release.source, "description": release.description,
-                    "fine_tuned": bool(getattr(release, "lineage", None))},
+                    "fine_tuned": ({k: release.lineage.get(k) for k in ("base", "base_weights_sha256", "trained")}
+                                   if release.lineage else None)},
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", p.size, p.size, 3],
                   "channels": "RGB", "chip": chip_text(p), "preprocess": p.to_dict(),
                   "in_graph": f"{p.channels} order, values {'0-255' if p.scale == 255 else '0-1'}, " + (
@@ -331,7 +333,9 @@ def card_markdown(card: dict) -> str:
              f"- ONNX sha256 `{card['onnx_sha256']}`; opset {card['export']['opset']}; "
              f"made by featx {card['export']['featx']} (torch {card['export']['torch']}), "
              f"checked with onnxruntime {card['export']['onnxruntime_checked']}",
-             f"- Base: {r['name']} ({r['description']}); weights sha256 `{r['weights_sha256']}`; licence: {r['license']}",
+             f"- Base: {r['name']} ({r['description']}); weights sha256 `{r['weights_sha256']}`; licence: {r['license']}"
+             + (f"; fine-tuned from {r['fine_tuned']['base']} (stages {', '.join(r['fine_tuned']['trained'] or [])})"
+                if r.get("fine_tuned") else ""),
              f"- Input `{i['name']}`: uint8 {i['layout']} {i['shape']}, RGB. Chip: {i['chip']}. "
              f"The graph does the rest: {i['in_graph']}.",
              f"- Mirror averaging in the graph: {'yes' if card['mirror_average'] else 'no'}", ""]

@@ -306,7 +306,8 @@ def test_fine_tuned_model_folder_exports_the_same_way(toy_heads, tmp_path):
                  "--from-tap", "s2", "--head-epochs", "1"]) == 0
     out = tmp_path / "onnx" / "ft.onnx"
     card = export_onnx([model], out, ExportOptions())
-    assert card["release"]["fine_tuned"] and card["release"]["weights_sha256"] != card_sha(weights)
+    assert card["release"]["fine_tuned"]["base"] == "toy.v1" and card["release"]["fine_tuned"]["trained"] == ["s3"]
+    assert card["release"]["weights_sha256"] != card_sha(weights)
     want = featx_proba(model, photos, None)
     assert np.abs(onnx_proba(out, photos) - want).max() <= PARITY
 
