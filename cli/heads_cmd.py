@@ -61,6 +61,14 @@ def evaluate(
     print(f"report: {ctx['report']}/report.html, metrics.json, predictions.csv, report.md, *.png")
 
 
+def _answer(r) -> str:
+    """One photo's answer(s) for the plain listing."""
+    if r.heads is not None:
+        return "  ".join(f"{k}: " + (f"{a['value']:.2f}" if "value" in a else f"{a['label']} {a['probability']:.3f}")
+                         for k, a in r.heads.items())
+    return f"{r.value:.2f}" if r.value is not None else f"{r.label}  {r.probability:.3f}"
+
+
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
     head: Optional[Path] = typer.Option(None, "--head", help="A folder written by `featx train-head`."),
@@ -100,8 +108,7 @@ def predict(
     if not as_json:
         width = max([len(r.path) for r in ok] + [4])
         for r in ok:
-            print(f"{r.path.ljust(width)}  " + (f"{r.value:.2f}" if r.value is not None else
-                                                 f"{r.label}  {r.probability:.3f}"))
+            print(f"{r.path.ljust(width)}  {_answer(r)}")
     for r in results:
         if r.error is not None:
             print(f"error: {r.path}: {r.error}", file=sys.stderr)

@@ -410,11 +410,10 @@ class OnnxModel:
         names = [o["name"] for o in self.card["outputs"]]
         if [o.name for o in self.session.get_outputs()] != names:
             raise FeatxError(f"{path}'s outputs do not match its card")
-        if output is None and len(names) > 1:
-            raise FeatxError(f"{Path(path).name} has outputs {', '.join(names)}; choose one with --output NAME")
         if output is not None and output not in names:
             raise FeatxError(f"{Path(path).name} has no output {output!r}; outputs: {', '.join(names)}")
-        self.out = self.card["outputs"][names.index(output) if output else 0]
+        outs = self.card["outputs"]
+        self.outs = [outs[names.index(output)]] if output else outs  # one: predict --head's lines; more: "heads"
         self.preprocess = Preprocess.from_dict(self.card["input"]["preprocess"])
 
     def run(self, chips: np.ndarray) -> dict[str, np.ndarray]:
@@ -426,18 +425,28 @@ class OnnxModel:
         return np.array(self.preprocess.resize_crop(img), dtype=np.uint8)
 
     def label(self, batch: list) -> None:
+        """Fill in each Prediction: as `predict --head` for one output; {"heads": {name: answer}} for several."""
         if not batch:
             return
-        proba = self.run(np.stack([a for _, a in batch]))[self.out["name"]]
-        if self.out["task"] == "regression":
-            for (pred, _), v in zip(batch, proba):
-                pred.value = float(v)
-            return
-        classes = self.out["classes"]
-        for (pred, _), p in zip(batch, proba):
-            k = int(p.argmax())
-            pred.label, pred.probability = classes[k], float(p[k])
-            pred.probabilities = {c: float(v) for c, v in zip(classes, p)}
+        got = self.run(np.stack([a for _, a in batch]))
+        for i, (pred, _) in enumerate(batch):
+            answers = {o["name"]: answer(o, got[o["name"]][i]) for o in self.outs}
+            if len(self.outs) > 1:
+                pred.heads = answers
+                continue
+            one = answers[self.outs[0]["name"]]
+            pred.value = one.get("value")
+            pred.label, pred.probability = one.get("label"), one.get("probability")
+            pred.probabilities = one.get("probabilities", {})
+
+
+def answer(out: dict, y: np.ndarray) -> dict:
+    """One output's answer for one photo: {label, probability, probabilities} or {value}."""
+    if out["task"] == "regression":
+        return {"value": float(y)}
+    k = int(y.argmax())
+    return {"label": out["classes"][k], "probability": float(y[k]),
+            "probabilities": {c: float(v) for c, v in zip(out["classes"], y)}}
 
 
 def iter_model_predictions(model_path: str | Path, inputs, *, output: str | None = None, detect_faces: bool = False,

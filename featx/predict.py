@@ -32,17 +32,20 @@ class Prediction:
     error: str | None = None
     face: list[int] | None = None  # x, y, w, h of the crop when --detect-faces
     value: float | None = None  # a regression head's answer
+    heads: dict[str, dict] | None = None  # several heads: each head's answer, by head name
 
     @property
     def done(self) -> bool:
-        return self.error is not None or self.label is not None or self.value is not None
+        return self.error is not None or self.label is not None or self.value is not None or self.heads is not None
 
     def to_dict(self) -> dict:
         d = {"path": self.path}
         if self.error is not None:
             d["error"] = self.error
             return d
-        if self.value is not None:
+        if self.heads is not None:
+            d["heads"] = self.heads
+        elif self.value is not None:
             d["value"] = self.value
         else:
             d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)

@@ -243,6 +243,11 @@ def test_cli_predict_model_prints_the_lines_predict_head_prints(exported, toy_he
     assert by_model[-1] == by_head[-1] and "error" in by_model[-1]
     for a, b in zip(by_head[:-1], by_model[:-1]):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) <= PARITY
+    assert main(["predict", "--model", str(exported), "--json", "-q", *few]) == 0  # every head: by head name
+    every = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert sorted(every[0]["heads"]) == sorted(KINDS) and every[-1] == by_head[-1]
+    for r, b in zip(every[:-1], by_model[:-1]):
+        assert r["heads"]["mlp"] == {k: b[k] for k in ("label", "probability", "probabilities")}
 
 
 def one_line_error(capsys, argv) -> str:
@@ -273,7 +278,8 @@ def test_predict_model_refuses_a_missing_or_mismatched_card(exported, toy_heads,
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 1]))
     assert "does not match its card" in one_line_error(capsys, ["predict", "--model", str(copy), photo])
-    assert "choose one with --output" in one_line_error(capsys, ["predict", "--model", str(exported), photo])
+    assert "no output 'nope'" in one_line_error(capsys, ["predict", "--model", str(exported), "--output", "nope",
+                                                          photo])
     assert "exactly one of --head" in one_line_error(capsys, ["predict", photo])
 
 
