@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from featx.backbones import FAMILIES, Family, TapInfo
-from featx.errors import FeatxError
 from featx.releases import RELEASES, Preprocess, Release
 
 pytest.importorskip("onnxruntime")
