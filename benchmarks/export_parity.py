@@ -124,14 +124,14 @@ def speed(head_dir: Path, onnx_file: Path, photos: list[Path], rounds: int) -> d
 def run_base(base: str, m: Manifest, photos: list[Path], work: Path, rounds: int) -> dict:
     from featx.export import export_onnx
 
-    res = {"tap": BASES[base], "parity": {}}
+    res = {"tap": BASES[base], "parity": {}, "n": ARGS.n, "train": ARGS.train}
     for dtype in ARGS.dtypes.split(","):
         heads = train_heads(train_manifest(m, ARGS.train), base, work, dtype)
         folder = work / f"{base}-{dtype}"
         card = export_onnx([heads[k] for k in KINDS], folder / "all" / "model.onnx")
         res["parity"][dtype] = parity(heads, folder / "all" / "model.onnx", photos)
         res["opset"], res["all_mb"] = card["export"]["opset"], (folder / "all" / "model.onnx").stat().st_size / 1e6
-        if "speed" not in res:  # the first dtype's gender model (float16: featx's default store)
+        if ARGS.speed and "speed" not in res:  # the first dtype's gender model (float16: featx's default store)
             gender = folder / "gender" / "model.onnx"
             export_onnx([heads["logreg"]], gender)
             res["gender_mb"] = gender.stat().st_size / 1e6
@@ -151,16 +151,19 @@ def report(results: dict) -> None:
     import torch
 
     print(f"\nonnxruntime {onnxruntime.__version__}, torch {torch.__version__}, opset "
-          f"{next(iter(results.values()))['opset']}; {cpu()}, {ARGS.n} utkface test photos\n")
-    print("| base | tap | store dtype | " + " | ".join(KINDS) + " |")
-    print("|---|---|---|" + "---|" * len(KINDS))
+          f"{next(iter(results.values()))['opset']}; {cpu()}; utkface test photos\n")
+    print("| base | tap | store dtype | photos | " + " | ".join(KINDS) + " |")
+    print("|---|---|---|---|" + "---|" * len(KINDS))
     for b, r in results.items():
         for dtype, par in r["parity"].items():
-            print(f"| {b} | {r['tap']} | {dtype} | " + " | ".join(f"{par[k]:.1e}" for k in KINDS) + " |")
+            print(f"| {b} | {r['tap']} | {dtype} | {r.get('n', 256)} | " + " | ".join(f"{par[k]:.1e}" for k in KINDS)
+                  + " |")
     print("\n| base | gender file MB | all 5 heads MB | featx predict img/s (precision) | onnxruntime img/s | ratio |"
           " max Δprob featx auto vs onnx |")
     print("|---|---|---|---|---|---|---|")
     for b, r in results.items():
+        if "speed" not in r:
+            continue
         s = r["speed"]
         print(f"| {b} | {r['gender_mb']:.1f} | {r['all_mb']:.1f} | {s['featx_img_s']:.1f} ({s['featx_precision']}) | "
               f"{s['onnx_img_s']:.1f} | {s['ratio']:.2f} | {s['featx_auto_vs_onnx_max_dprob']:.1e} |")
@@ -176,6 +179,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="test photos for parity and speed")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtypes", default="float16,float32", help="store dtypes (float16: featx's default)")
+    ap.add_argument("--no-speed", dest="speed", action="store_false", help="parity and size only")
     ARGS = ap.parse_args()
     m = load(Path(ARGS.shared) / "utkface" / "labels.csv", seed=0)
     photos = [Path(m.root) / m.paths[i] for i in subset(m, "test", ARGS.n)]

@@ -26,6 +26,7 @@ def export(
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     card = export_onnx(heads, out, ExportOptions(weights=weights, mirror=mirror, progress=say))
     size = Path(out).stat().st_size / 1e6
-    names = ", ".join(f"{o['name']} ({o['head']}, {len(o['classes'])} classes)" for o in card["outputs"])
+    names = ", ".join(f"{o['name']} ({o['head']}, " + (f"{len(o['classes'])} classes)" if o["classes"] else
+                                                        f"{o['target']})") for o in card["outputs"])
     print(f"wrote {out} ({size:.1f} MB, opset {card['export']['opset']}, sha256 {card['onnx_sha256'][:12]}): "
           f"{card['release']['name']} -> {names}; card {Path(out).with_suffix('.json').name} and MODEL_CARD.md")

@@ -144,9 +144,10 @@ def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -
     if out.suffix != ".onnx":
         raise FeatxError(f"--out {out}: name the file *.onnx")
     check_card_place(out)
-    torch_onnx = need("onnx"), need("onnxruntime"), need("onnxscript")  # noqa: F841  (fail early, in one line)
+    for module in ("onnx", "onnxruntime", "onnxscript"):  # missing: one line now, not a traceback later
+        need(module)
     sources = load_sources(head_dirs)
-    release, model, sha, backbone = load_base(sources, opts.weights)
+    release, model, sha, _ = load_base(sources, opts.weights)
     pipe = build_pipeline(sources, release, model, opts.mirror)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = release.preprocess.size
@@ -154,7 +155,7 @@ def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -
     try:
         opts.progress(f"export: tracing {release.name} + {len(sources)} head(s) at {size}x{size}")
         write_graph(pipe, [s.name for s in sources], size, tmp, opts.opset)
-        card = model_card(sources, release, sha, backbone, out, opts)
+        card = model_card(sources, release, sha, out, opts)
         add_metadata(tmp, card)
         check_file(pipe, tmp, size, [s.name for s in sources])
         tmp.replace(out)
@@ -239,14 +240,23 @@ def output_record(s: Source) -> dict:
     from .heads.card import card_digest
 
     prov = s.prov
-    rec = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "classification",
-           "classes": list(s.card.get("classes", [])), "positive": s.card.get("positive"),
-           "shape": ["batch", len(s.card.get("classes", []))], "tap": prov.get("tap"),
+    task = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "classification",
+            "classes": list(s.card.get("classes", [])), "positive": s.card.get("positive"),
+            "shape": ["batch", len(s.card.get("classes", []))]}
+    if is_regression(s.head):
+        task = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "regression",
+                "target": s.card.get("target") or "target", "classes": None, "shape": ["batch"],
+                "range": [float(v) for v in s.head.target_range_], "transform": s.head.transform_}
+    rec = {**task, "tap": prov.get("tap"),
            "store_dtype": prov.get("dtype") or "float32", "store_precision": prov.get("precision"),
            "head_card_sha256": s.card.get("card_sha256") or card_digest(s.card),
            "augment_flip": bool(s.card.get("training", {}).get("augment_flip")),
            "evaluation": evaluations(s)}
     return rec
+
+
+def is_regression(head) -> bool:
+    return getattr(head, "task", None) == "regress"
 
 
 def evaluations(s: Source) -> list[dict]:
@@ -267,15 +277,15 @@ def evaluations(s: Source) -> list[dict]:
                     "interval": {k: iv.get(k) for k in ("method", "level", "n_boot") if k in iv}})
     if not out and s.card.get("val_metrics"):
         vm = s.card["val_metrics"]
-        figures = {k: {"value": vm[k], "interval": None} for k in ("accuracy", "balanced_accuracy", "roc_auc")
-                   if vm.get(k) is not None}
+        figures = {k: {"value": vm[k], "interval": None} for k in ("accuracy", "balanced_accuracy", "roc_auc", "mae",
+                                                                    "rmse", "r2") if vm.get(k) is not None}
         on = s.card.get("selection", {}).get("on") or "val split"
         out.append({"file": "head.json", "split": "val", "n": vm.get("n"), "figures": figures, "interval": None,
                     "note": f"{on}, which also chose the hyperparameters (no interval; run `featx evaluate`)"})
     return out
 
 
-def model_card(sources: list[Source], release, sha: str, backbone: str, out: Path, opts: ExportOptions) -> dict:
+def model_card(sources: list[Source], release, sha: str, out: Path, opts: ExportOptions) -> dict:
     import onnxruntime
     import torch
 
@@ -286,7 +296,8 @@ def model_card(sources: list[Source], release, sha: str, backbone: str, out: Pat
         "format": FORMAT, "version": VERSION, "onnx_file": out.name,
         "release": {"name": release.name, "weights_sha256": sha, "license": release.license,
                     "source": release.source, "description": release.description,
-                    "fine_tuned": bool(getattr(release, "lineage", None))},
+                    "fine_tuned": ({k: release.lineage.get(k) for k in ("base", "base_weights_sha256", "trained")}
+                                   if release.lineage else None)},
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", p.size, p.size, 3],
                   "channels": "RGB", "chip": chip_text(p), "preprocess": p.to_dict(),
                   "face_chip": release.chip.to_dict() if release.chip else None,
@@ -324,13 +335,17 @@ def card_markdown(card: dict) -> str:
              f"- ONNX sha256 `{card['onnx_sha256']}`; opset {card['export']['opset']}; "
              f"made by featx {card['export']['featx']} (torch {card['export']['torch']}), "
              f"checked with onnxruntime {card['export']['onnxruntime_checked']}",
-             f"- Base: {r['name']} ({r['description']}); weights sha256 `{r['weights_sha256']}`; licence: {r['license']}",
+             f"- Base: {r['name']} ({r['description']}); weights sha256 `{r['weights_sha256']}`; licence: {r['license']}"
+             + (f"; fine-tuned from {r['fine_tuned']['base']} (stages {', '.join(r['fine_tuned']['trained'] or [])})"
+                if r.get("fine_tuned") else ""),
              f"- Input `{i['name']}`: uint8 {i['layout']} {i['shape']}, RGB. Chip: {i['chip']}. "
              f"The graph does the rest: {i['in_graph']}.",
              f"- Mirror averaging in the graph: {'yes' if card['mirror_average'] else 'no'}", ""]
     for o in card["outputs"]:
-        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "",
-                  f"Probabilities [batch, {len(o['classes'])}] over classes {o['classes']} (in this order).", ""]
+        what = (f"Probabilities [batch, {len(o['classes'])}] over classes {o['classes']} (in this order)."
+                if o["task"] == "classification" else
+                f"The predicted {o['target']} [batch], in its own units (clipped to the training range {o['range']}).")
+        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "", what, ""]
         for ev in o["evaluation"]:
             figs = "; ".join(f"{k} {v['value']:.3f}" + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
                                                          if v.get("interval") else "")
@@ -397,11 +412,10 @@ class OnnxModel:
         names = [o["name"] for o in self.card["outputs"]]
         if [o.name for o in self.session.get_outputs()] != names:
             raise FeatxError(f"{path}'s outputs do not match its card")
-        if output is None and len(names) > 1:
-            raise FeatxError(f"{Path(path).name} has outputs {', '.join(names)}; choose one with --output NAME")
         if output is not None and output not in names:
             raise FeatxError(f"{Path(path).name} has no output {output!r}; outputs: {', '.join(names)}")
-        self.out = self.card["outputs"][names.index(output) if output else 0]
+        outs = self.card["outputs"]
+        self.outs = [outs[names.index(output)]] if output else outs  # one: predict --head's lines; more: "heads"
         self.preprocess = Preprocess.from_dict(self.card["input"]["preprocess"])
         chip = self.card["input"].get("face_chip")
         self.chip = Chip.from_dict(chip) if chip else None  # for --detect-faces, as HeadModel
@@ -416,17 +430,30 @@ class OnnxModel:
         return np.array(self.preprocess.resize_crop(img), dtype=np.uint8)
 
     def label(self, batch: list) -> None:
-        """Fill in each Prediction of [(Prediction, image), ...] (as featx.predict.HeadModel.label)."""
+        """Fill in each Prediction of [(Prediction, image), ...]: as `predict --head` for one output;
+        {"heads": {name: answer}} for several."""
         if not batch:
             return
-        proba = self.run(np.stack([self.pixels(img) for _, img in batch]))[self.out["name"]]
-        for pred, _ in batch:
+        got = self.run(np.stack([self.pixels(img) for _, img in batch]))
+        for i, (pred, _) in enumerate(batch):
             pred.answered = True
-        classes = self.out["classes"]
-        for (pred, _), p in zip(batch, proba):
-            k = int(p.argmax())
-            pred.label, pred.probability = classes[k], float(p[k])
-            pred.probabilities = {c: float(v) for c, v in zip(classes, p)}
+            answers = {o["name"]: answer(o, got[o["name"]][i]) for o in self.outs}
+            if len(self.outs) > 1:
+                pred.heads = answers
+                continue
+            one = answers[self.outs[0]["name"]]
+            pred.value = one.get("value")
+            pred.label, pred.probability = one.get("label"), one.get("probability")
+            pred.probabilities = one.get("probabilities", {})
+
+
+def answer(out: dict, y: np.ndarray) -> dict:
+    """One output's answer for one photo: {label, probability, probabilities} or {value}."""
+    if out["task"] == "regression":
+        return {"value": float(y)}
+    k = int(y.argmax())
+    return {"label": out["classes"][k], "probability": float(y[k]),
+            "probabilities": {c: float(v) for c, v in zip(out["classes"], y)}}
 
 
 def iter_model_predictions(model_path: str | Path, inputs, *, output: str | None = None, detect_faces: bool = False,

@@ -153,8 +153,52 @@ def sgd(h) -> nn.Module:
     return Proba(Linear(h.coef_, h.intercept_), "ovr")
 
 
+class Value(nn.Module):
+    """Standardised model output -> the target's units: inverse transform of t * scale + mean, clipped to
+    the training targets' range (featx.heads.regression.RegressionHead._to_units)."""
+
+    def __init__(self, model: nn.Module, h):
+        super().__init__()
+        self.model, self.log1p = model, h.transform_ == "log1p"
+        self.mean, self.scale = float(h.target_mean_), float(h.target_scale_)
+        self.lo, self.hi = (float(v) for v in h.target_range_)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        t = self.model(z)[:, 0] * self.scale + self.mean
+        return (torch.expm1(t) if self.log1p else t).clamp(self.lo, self.hi)
+
+
+class Raw(nn.Module):
+    """The MLP's last layer (float32 layers), as float64: featx.heads.mlp.mlp_outputs."""
+
+    def __init__(self, weights: list[np.ndarray]):
+        super().__init__()
+        self.mlp = MLP(weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z.float()
+        for k in range(self.mlp.n):
+            h = h @ getattr(self.mlp, f"w{k}") + getattr(self.mlp, f"b{k}")
+            if k < self.mlp.n - 1:
+                h = torch.relu(h)
+        return h.double()
+
+
+def ridge(h) -> nn.Module:  # ridge and sgd-regress: Z @ coef + intercept
+    return Value(Linear(np.asarray(h.coef_)[None, :], [h.intercept_]), h)
+
+
+def rbf_ridge(h) -> nn.Module:
+    return Value(RBF(h.landmarks_, np.asarray(h.dual_coef_)[None, :], [h.intercept_], h.gamma_), h)
+
+
+def mlp_regress(h) -> nn.Module:
+    return Value(Raw(list(h.weights_)), h)
+
+
 # head kind -> standardised features (float64) -> probabilities [B, K] (classifiers) or values [B] (regressors)
-HEAD_MODULES = {"logreg": logreg, "linear-svm": linear_svm, "rbf-svm": rbf_svm, "mlp": mlp, "sgd": sgd}
+HEAD_MODULES = {"logreg": logreg, "linear-svm": linear_svm, "rbf-svm": rbf_svm, "mlp": mlp, "sgd": sgd,
+                "ridge": ridge, "sgd-regress": ridge, "rbf-ridge": rbf_ridge, "mlp-regress": mlp_regress}
 
 
 def head_module(head) -> nn.Module:

@@ -7,6 +7,7 @@ whole path: extract -> every head kind -> one several-head ONNX file -> onnxrunt
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from featx.backbones import FAMILIES, Family, TapInfo
-from featx.errors import FeatxError
 from featx.releases import RELEASES, Preprocess, Release
 
 pytest.importorskip("onnxruntime")
@@ -157,6 +157,35 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     assert np.abs(got - (plain + flipped) / 2).max() <= PARITY
     assert np.abs(got - plain).max() > 1e-3  # the mirror pass did something
     assert json.loads(mirrored.with_suffix(".json").read_text())["mirror_average"] is True
+    assert readme_snippet(mirrored, sorted(photos.iterdir())[3], tmp_path) == pytest.approx(
+        dict(zip(card["classes"], got[3].tolist())), abs=1e-3)  # the README's onnxruntime-only lines: same chip
+
+
+def readme_snippet(model, photo, where) -> dict:
+    """Run the README's numpy + Pillow + onnxruntime snippet on `photo` with `model` as models/gender.onnx."""
+    import ast
+    import contextlib
+    import io
+    import shutil
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python", text.index("Run the file without featx")) + len("```python")
+    code = text[start:text.index("```", start)]
+    assert len(code.strip().splitlines()) <= 10 and "featx" not in code
+    run = where / "snippet"
+    (run / "models").mkdir(parents=True)
+    shutil.copy(model, run / "models" / "gender.onnx")
+    shutil.copy(model.with_suffix(".json"), run / "models" / "gender.json")
+    shutil.copy(photo, run / "photo.jpg")
+    out, cwd = io.StringIO(), Path.cwd()
+    try:
+        os.chdir(run)
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    return ast.literal_eval(out.getvalue().strip())
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +242,11 @@ def test_cli_predict_model_prints_the_lines_predict_head_prints(exported, toy_he
     assert by_model[-1] == by_head[-1] and "error" in by_model[-1]
     for a, b in zip(by_head[:-1], by_model[:-1]):
         assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) <= PARITY
+    assert main(["predict", "--model", str(exported), "--json", "-q", *few]) == 0  # every head: by head name
+    every = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert sorted(every[0]["heads"]) == sorted(KINDS) and every[-1] == by_head[-1]
+    for r, b in zip(every[:-1], by_model[:-1]):
+        assert r["heads"]["mlp"] == {k: b[k] for k in ("label", "probability", "probabilities")}
 
 
 def one_line_error(capsys, argv) -> str:
@@ -243,7 +277,8 @@ def test_predict_model_refuses_a_missing_or_mismatched_card(exported, toy_heads,
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 1]))
     assert "does not match its card" in one_line_error(capsys, ["predict", "--model", str(copy), photo])
-    assert "choose one with --output" in one_line_error(capsys, ["predict", "--model", str(exported), photo])
+    assert "no output 'nope'" in one_line_error(capsys, ["predict", "--model", str(exported), "--output", "nope",
+                                                          photo])
     assert "exactly one of --head" in one_line_error(capsys, ["predict", photo])
 
 
@@ -276,7 +311,8 @@ def test_fine_tuned_model_folder_exports_the_same_way(toy_heads, tmp_path):
                  "--from-tap", "s2", "--head-epochs", "1"]) == 0
     out = tmp_path / "onnx" / "ft.onnx"
     card = export_onnx([model], out, ExportOptions())
-    assert card["release"]["fine_tuned"] and card["release"]["weights_sha256"] != card_sha(weights)
+    assert card["release"]["fine_tuned"]["base"] == "toy.v1" and card["release"]["fine_tuned"]["trained"] == ["s3"]
+    assert card["release"]["weights_sha256"] != card_sha(weights)
     want = featx_proba(model, photos, None)
     assert np.abs(onnx_proba(out, photos) - want).max() <= PARITY
 
@@ -285,3 +321,46 @@ def card_sha(path) -> str:
     from featx.weights import sha256_file
 
     return sha256_file(path)
+
+
+REGRESSORS = {"ridge": {}, "rbf-ridge": {"n_landmarks": 20}, "mlp-regress": {"max_epochs": 6, "grid": {"hidden": [[8]]}},
+              "sgd-regress": {}}
+
+
+def test_regression_heads_export_their_values(toy_heads, tmp_path, capsys):
+    """Every regression kind (when featx has them): the file's value = head.predict on featx's features,
+    within 1e-3 in the target's units; `predict --model` prints it as "value"."""
+    from featx.heads import head_classes, load_head, make_head, save_head
+    from featx.export import ExportOptions, OnnxModel, export_onnx
+    from featx.predict import HeadModel, load_heads
+    from featx.provenance import provenance
+    from featx.store import FeatureStore
+    from featx_cli.main import main
+    from PIL import Image
+
+    if not set(REGRESSORS) <= set(head_classes()):
+        pytest.skip("this featx has no regression heads")
+    root, weights, photos, heads = toy_heads
+    store = FeatureStore.open(str(root / "a.zarr"))
+    tr, va = store.indices("train"), store.indices("val")
+    age = np.arange(len(store.labels), dtype=np.float64) % 17 + 3.0 + 20 * np.asarray(store.labels)
+    for kind, params in REGRESSORS.items():
+        head = make_head(kind, **params).fit(store.features(tr), age[tr], store.features(va), age[va])
+        save_head(head, tmp_path / kind, {"provenance": provenance(store), "target": "age", "classes": []})
+    out = tmp_path / "age" / "model.onnx"
+    card = export_onnx([tmp_path / k for k in REGRESSORS], out, ExportOptions(weights=weights))
+    assert [o["task"] for o in card["outputs"]] == ["regression"] * len(REGRESSORS)
+    head, hcard = load_head(tmp_path / "ridge")
+    hm = HeadModel(load_heads(tmp_path / "ridge"), weights, "cpu", "fp32")
+    chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
+    feats = hm.ex(torch.from_numpy(chips))[0]
+    got = OnnxModel(out, "cpu", "ridge").run(chips)
+    for kind in REGRESSORS:
+        want = load_head(tmp_path / kind)[0].predict(feats)
+        assert got[kind].shape == want.shape and np.abs(got[kind] - want).max() <= 1e-3, kind
+        assert want.std() > 0.1, kind  # not a constant
+    capsys.readouterr()
+    first = str(sorted(photos.iterdir())[0])
+    assert main(["predict", "--model", str(out), "--output", "ridge", "--json", "-q", first]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert abs(line["value"] - got["ridge"][0]) < 1e-6 and "label" not in line
