@@ -1,7 +1,6 @@
 """Benchmark scripts that the tests can run small: the photo decoders and the children's bound."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,6 @@ import torch
 
 from featx.data import load
 from featx.extract import Extractor
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def extractor(weights) -> Extractor:
@@ -68,3 +65,54 @@ def test_children_ceiling_bounds_the_test_split(monkeypatch, capsys):
     n_test, n_children = 60, 24
     assert float(cells[6]) == pytest.approx((n_test - n_children + acc * n_children) / n_test, abs=1e-3)
     assert float(cells[7]) == pytest.approx((0.9 * (n_test - n_children) + acc * n_children) / n_test, abs=1e-3)
+
+
+# --- benchmarks/common.py ------------------------------------------------------------------------------
+
+def test_adults_and_children_are_cut_at_13():
+    import common
+
+    r = common.by_age([True, False, True, True, False], [5, 12, 13, 40, 70])
+    assert r == {"accuracy": 0.6, "adults": 0.6667, "children": 0.5, "n_adults": 3, "n_children": 2}
+    groups = {"0-12": {"accuracy": 0.5, "n": 2}, "13-19": {"accuracy": 1.0, "n": 1}, "60+": {"accuracy": 0.5, "n": 2}}
+    assert common.by_age_groups(groups) == {"accuracy": 0.6, "adults": 0.6667, "children": 0.5,
+                                            "n_adults": 3, "n_children": 2}
+
+
+def test_sample_is_seeded_sorted_and_never_more_than_there_is():
+    import common
+
+    rows = np.arange(100, 200)
+    a = common.sample(rows, 10, seed=0)
+    assert np.array_equal(a, common.sample(rows, 10, seed=0)) and not np.array_equal(a, common.sample(rows, 10, seed=1))
+    assert len(set(a)) == 10 and set(a) <= set(rows) and np.all(np.diff(a) > 0)
+    # the draw the README's subsets were made with (facenet_crop.py, face_subset.py, finetune_speed.py)
+    assert np.array_equal(a, np.sort(np.random.default_rng(0).choice(rows, 10, replace=False)))
+    assert np.array_equal(common.sample(rows[::-1], None), rows) and len(common.sample(rows, 500)) == 100
+
+
+def test_machine_names_the_cpu_its_flags_and_the_gpu(monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "cpu_info", lambda: {"model": "Test CPU 9000", "flags": {"avx2", "avx512_bf16", "sse"}})
+    monkeypatch.setattr(common, "gpu_name", lambda: None)
+    line = common.machine()
+    assert line.startswith("Test CPU 9000, ") and "flags: avx2 avx512_bf16;" in line and "GPU: none" in line
+    assert common.cpu_info()["model"]  # this machine's, read from /proc/cpuinfo
+
+
+@pytest.mark.parametrize("ref, size, big_crop", [("dlib_reference.npz", 150, 0.75), ("facenet_reference.npz", 160, 0.8)])
+def test_reference_scripts_feed_the_committed_pixels(shared_utkface, ref, size, big_crop):
+    """dlib_reference.py and facenet_reference.py build their inputs with common.reference_inputs: the same
+    names, crops and pixels as the committed reference files were made from."""
+    from pathlib import Path
+
+    import common
+
+    rows = common.reference_inputs(shared_utkface.parents[1], size, big_crop)
+    npz = np.load(Path(__file__).parent / "data" / ref)
+    assert [r[0] for r in rows] == list(npz["name"]) and [r[1] for r in rows] == list(npz["kind"])
+    assert np.allclose([r[2] for r in rows], npz["crop"])
+    import hashlib
+
+    assert [hashlib.sha256(np.ascontiguousarray(r[3]).tobytes()).hexdigest() for r in rows] == list(npz["pixels_sha256"])
