@@ -9,6 +9,7 @@ tests/conftest.py puts it there as well.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import os
@@ -18,6 +19,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# --- command lines ---------------------------------------------------------------------------------
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose --help shows the script's docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def model_arguments(ap: argparse.ArgumentParser, n: int = 256, tap: str | None = "pool5-gap") -> None:
+    """What every speed script takes: --data, --n (the first N photos), --backbone, --weights[, --tap]."""
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--backbone", default="vgg16.hed")
+    ap.add_argument("--weights", default=None, help="a weights FILE (default: the release's cached file)")
+    if tap:
+        ap.add_argument("--tap", default=tap)
+
+
+def reference_arguments(ap: argparse.ArgumentParser, out: str) -> argparse.Namespace:
+    """What every known-answer script takes (--shared, --out), parsed."""
+    ap.add_argument("--shared", default="../shared/data", help="the folder holding utkface/")
+    ap.add_argument("--out", default=out)
+    return ap.parse_args()
+
 
 # --- UTKFace's adults and children ----------------------------------------------------------------
 
@@ -138,6 +163,28 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float, float, list[str]]:
     _, status, usage = os.wait4(p.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, time.perf_counter() - t, \
         out.strip().splitlines()[-3:]
+
+
+def weights_or_random(backbone: str, weights: str | None, tmp: Path) -> tuple[str, str]:
+    """(weights file, note): `weights`, else the release's cached file, else a random-init full-size VGG16
+    written to tmp (the same speed, meaningless features) and a note that says so."""
+    if weights:
+        return weights, ""
+    from featx.weights import canonical_path
+
+    path = canonical_path(backbone)
+    if path.is_file():
+        return str(path), ""
+    import torch
+    from safetensors.torch import save_file
+
+    from featx.backbones.vgg16 import VGG16
+
+    torch.manual_seed(0)
+    out = tmp / "random-vgg16.safetensors"
+    save_file({k: v.contiguous() for k, v in VGG16().state_dict().items()}, str(out))
+    return str(out), (f"note: {path} absent (featx weights get {backbone}); using a random-init full-size VGG16 "
+                      "(same speed, meaningless features)")
 
 
 # --- known-answer inputs (tests/data/*_reference.npz) -----------------------------------------------

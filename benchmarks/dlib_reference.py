@@ -31,14 +31,13 @@ chip and its centre's offset, i.e. which central crop of a UTKFace chip resemble
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import dlib
 import numpy as np
 from PIL import Image
 
-from common import reference_inputs, save_reference
+from common import parser, reference_arguments, reference_inputs, save_reference
 
 SIZE = 150
 
@@ -65,13 +64,11 @@ def geometry(shared: Path, landmarks: str, n: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--dat")
-    ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--out", default="tests/data/dlib_reference.npz")
     ap.add_argument("--geometry", type=int, default=0, help="measure dlib's chip on N photos instead")
     ap.add_argument("--landmarks", help="shape_predictor_5_face_landmarks.dat (for --geometry)")
-    args = ap.parse_args()
+    args = reference_arguments(ap, "tests/data/dlib_reference.npz")
     if args.geometry:
         return geometry(Path(args.shared), args.landmarks, args.geometry)
     if not args.dat:

@@ -22,12 +22,10 @@ model difference).
 
 from __future__ import annotations
 
-import argparse
-
 import cv2
 import numpy as np
 
-from common import reference_inputs, save_reference
+from common import parser, reference_arguments, reference_inputs, save_reference
 
 POOL = "InceptionResnetV1/Logits/AvgPool_1a_8x8/AvgPool"
 SIZE = 160
@@ -46,11 +44,9 @@ def run(net, chip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--graph", required=True)
-    ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--out", default="tests/data/facenet_reference.npz")
-    args = ap.parse_args()
+    args = reference_arguments(ap, "tests/data/facenet_reference.npz")
     net = cv2.dnn.readNetFromTensorflow(args.graph)
     rows = reference_inputs(args.shared, SIZE, big_crop=0.8)  # 200 px at crop 0.8: exactly 160x160 kept
     embs, pools = zip(*(run(net, chip) for *_, chip in rows))

