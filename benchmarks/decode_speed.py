@@ -124,7 +124,7 @@ def main() -> None:
     m = load(args.data)
     n = min(args.n, len(m))
     paths = [m.abspath(i) for i in range(n)]
-    ex = Extractor(args.backbone, args.weights, device="cpu", precision="fp32")
+    ex = Extractor(args.backbone, weights=args.weights, device="cpu", precision="fp32")
     p = ex.preprocess
     for q in paths:  # the page cache: every decoder below reads warm files
         open(q, "rb").read()

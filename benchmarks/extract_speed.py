@@ -220,7 +220,7 @@ def run(args, tmp: Path) -> None:
         nv = naive_loop(manifest, get_release(args.backbone), args.weights, args.tap, device)
         out["naive"] = nv
         print(f"naive  fp32 NCHW, no workers, batch 32     {nv['images_per_s']:9.2f} img/s")
-    ex = Extractor(args.backbone, args.weights, tap=args.tap, device=str(device), precision="fp32")
+    ex = Extractor(args.backbone, weights=args.weights, tap=args.tap, device=str(device), precision="fp32")
     x = decode_normalized(manifest, ex, min(args.n_used, 128 if device.type == "cpu" else 2048), 1)
     fns = {}
     for p in precisions:

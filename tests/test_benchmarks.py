@@ -116,3 +116,29 @@ def test_reference_scripts_feed_the_committed_pixels(shared_utkface, ref, size, 
     import hashlib
 
     assert [hashlib.sha256(np.ascontiguousarray(r[3]).tobytes()).hexdigest() for r in rows] == list(npz["pixels_sha256"])
+
+
+@pytest.mark.slow
+def test_compute_peak_counts_the_model_s_flops_and_runs_small(folder_dataset, tiny_weights, monkeypatch, capsys):
+    """compute_peak.py on a tiny VGG: FLOPs per image are 2 x the convolutions' multiply-adds, and one
+    table row per precision comes out (extract_speed.py passed its weights where the options go, once)."""
+    import compute_peak
+
+    from conftest import TINY_WIDTHS
+    from featx.backbones import tap_features
+
+    ex = extractor(tiny_weights)
+    x = torch.zeros(2, 3, 224, 224)
+    widths, size, c_in, macs = [w for w, n in zip(TINY_WIDTHS, (2, 2, 3, 3, 3)) for _ in range(n)], 224, 3, 0
+    for i, w in enumerate(widths):
+        macs += size * size * c_in * w * 9
+        c_in = w
+        size //= 2 if i in (1, 3, 6, 9) else 1
+    gflops = compute_peak.gflops_per_image(lambda t: tap_features(ex.model, t, "pool5-gap"), x)
+    assert gflops == pytest.approx(2 * macs / 1e9, rel=1e-6)
+    assert compute_peak.matmul_tflops(64, "fp32", 0.01) > 0
+    monkeypatch.setattr(sys, "argv", ["compute_peak.py", "--data", str(folder_dataset), "--weights", str(tiny_weights),
+                                      "--n", "4", "--batch", "2", "--matrix", "64", "--min-s", "0.01"])
+    compute_peak.main()
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| fp32") or ln.startswith("| bf16")]
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows)
