@@ -142,3 +142,20 @@ def test_compute_peak_counts_the_model_s_flops_and_runs_small(folder_dataset, ti
     compute_peak.main()
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| fp32") or ln.startswith("| bf16")]
     assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows)
+
+
+def test_face_subset_keeps_every_test_row_and_draws_train(csv_dataset, tmp_path, monkeypatch, capsys):
+    import face_subset
+
+    src = load(csv_dataset)
+    for keep_val, val_rows in ((False, 0), (True, 4)):
+        out = tmp_path / f"sub-{keep_val}.csv"
+        argv = ["face_subset.py", "--src", str(csv_dataset), "--train", "10", "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv + (["--keep-val"] if keep_val else []))
+        face_subset.main()
+        sub = load(out)
+        assert [sub.splits.count(k) for k in ("train", "val", "test")] == [10, val_rows, 4]
+        test = {str(src.abspath(i)) for i, s in enumerate(src.splits) if s == "test"}
+        assert test == {str(sub.abspath(i)) for i, s in enumerate(sub.splits) if s == "test"}
+        assert set(sub.extras) == set(src.extras)  # Manifest.subset keeps every column (age here)
+    assert "hash" in capsys.readouterr().out
