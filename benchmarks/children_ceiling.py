@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common import ADULT_AGE, machine
-from featx.heads import open_store
+from featx.training import open_store
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
 

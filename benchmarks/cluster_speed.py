@@ -6,7 +6,7 @@
 
 On the first N images of --data, each mode writes a fresh temp store:
   single      featx.extract.extract in this process (its default decode workers)
-  local:K     featx.cluster.extract_on_cluster(cluster="local:K"): K single-threaded worker processes,
+  local:K     featx.extract.command.extract_on_cluster(cluster="local:K"): K single-threaded worker processes,
               each with torch threads = cores / K, one task per shard
 Reports images/s over the compute phase (shards submitted -> last shard written) and over the whole call
 (cluster start, model loads and teardown included), and checks each cluster store against the single one.
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
-    from featx.cluster import extract_on_cluster
     from featx.data import load
+    from featx.extract.command import extract_on_cluster
     from featx.extract import extract
     from featx.store import FeatureStore
 

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.heads import HEADS, load_head, open_store, store_label, train
-from featx.compare import compare
-from featx.report import compute_metrics, evaluate
+from featx.heads import HEADS, load_head
+from featx.metrics import compute_metrics
+from featx.report import evaluate
+from featx.report.compare import compare
+from featx.training import open_store, store_label, train
 
 COLUMNS = ["store", "head", "n_train", "n_test", "accuracy", "balanced_accuracy", "f1", "roc_auc", "fit_s",
            "predict_us_per_image", "chosen"]

@@ -25,9 +25,9 @@ from featx.data import load
 from featx.device import resolve_precision
 from featx.extract import extract
 from featx.finetune import FineTuneConfig, autocast_dtype
-from featx.finetune_data import MapBatches, PixelBatches
-from featx.finetune_model import TuneNet
-from featx.finetune_train import Loop, Optimiser
+from featx.finetune.data import MapBatches, PixelBatches
+from featx.finetune.model import TuneNet
+from featx.finetune.train import Loop, Optimiser
 from featx.store import FeatureStore
 from featx.weights import load_backbone
 

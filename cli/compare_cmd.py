@@ -15,7 +15,7 @@ def compare(
                              help="Folder for compare.html and compare.json."),
 ) -> None:
     """Rank heads, backbones or runs on the same test rows: accuracy with intervals, times, paired McNemar tests."""
-    from featx.compare import compare as run
+    from featx.report.compare import compare as run
 
     summary = run(reports, out)
     for r in summary["runs"]:

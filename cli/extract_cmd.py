@@ -34,7 +34,8 @@ def extract(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a frozen base once over a dataset into a Zarr feature store (idempotent, resumable)."""
-    from featx.extract import ExtractOptions, extract as run, summary_line
+    from featx.extract import ExtractOptions, extract as run
+    from featx.extract.record import summary_line
 
     opts = ExtractOptions(tap=tap, weights=weights, batch_size=batch_size, device=device, precision=precision,
                           workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile, progress=not quiet,

@@ -29,7 +29,7 @@ def train_head(
     augment_flip: bool = typer.Option(False, "--augment-flip", help="Also train on mirrored-image features."),
 ) -> None:
     """Train a head on cached features; hyperparameters are chosen on the validation split."""
-    from featx.heads import train
+    from featx.training import train
 
     card = train(store, head, out, select_on=select_on, class_weight=class_weight, seed=seed,
                  augment_flip=augment_flip)

@@ -31,7 +31,8 @@ def repair(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Recompute only the shards that do not verify, with the store's own release, tap and precision."""
-    from featx.extract import ExtractOptions, repair as run, summary_line
+    from featx.extract import ExtractOptions, repair as run
+    from featx.extract.record import summary_line
 
     s = run(store, data, ExtractOptions(device=device, batch_size=batch_size, workers=workers, progress=not quiet))
     typer.echo(f"repaired {len(s['repaired'])} shard(s)" + (f": {s['repaired'][:20]}" if s["repaired"] else ""))

@@ -1,5 +1,7 @@
-"""The one metrics module: the metrics of an evaluation (`compute_metrics`, what metrics.json holds), and
-their error bars and paired tests (bootstrap intervals, calibration, exact McNemar).
+"""The one metrics module: the metrics of an evaluation (`compute_metrics`, what metrics.json holds), the
+group buckets they are split by, and their error bars and paired tests (bootstrap intervals,
+calibration, exact McNemar). Pure arithmetic at the bottom of the stack: imports nothing of featx's
+but its errors.
 
 The bootstrap recomputes the
 same definitions on resampled rows (binary: the positive class is the second class; more classes:
@@ -13,6 +15,55 @@ import math
 import numpy as np
 
 from .errors import FeatxError
+
+# ---------- group buckets ----------
+
+AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
+UNKNOWN = "unknown"
+
+
+def _number(v: str) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def is_numeric(values) -> bool:
+    """True when every non-empty value parses as a number (and there is at least one)."""
+    vals = [str(v).strip() for v in values]
+    vals = [v for v in vals if v and v.lower() not in ("nan", "none", "na")]
+    return bool(vals) and all(_number(v) is not None for v in vals)
+
+
+def age_bucket(v) -> str:
+    x = _number(str(v).strip())
+    if x is None or x < 0:
+        return UNKNOWN
+    for lo, hi, name in AGE_BUCKETS:
+        if x < hi + 1:  # whole years: 12.5 is still 0-12
+            return name
+    return AGE_BUCKETS[-1][2]
+
+
+def bucket_column(values, name: str | None = None) -> np.ndarray:
+    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
+
+    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
+    """
+    values = np.asarray(values, dtype=str)
+    if is_numeric(values) and (name is None or "age" in name.lower()):
+        return np.asarray([age_bucket(v) for v in values], dtype=str)
+    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
+
+
+def ordered_buckets(labels: np.ndarray) -> list[str]:
+    present = set(labels.tolist())
+    age = [name for _, _, name in AGE_BUCKETS if name in present]
+    rest = sorted(present - set(age) - {UNKNOWN})
+    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
+
 
 INTERVAL_KEYS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc")
 N_BOOT = 1000
@@ -209,8 +260,6 @@ def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndar
     groups: {column: bucket label per row}; each bucket gets the same metrics (without per_class).
     Undefined values (e.g. recall with no positives, AUC with one class) are None.
     """
-    from .report import ordered_buckets  # group order lives with the grouping
-
     y = np.asarray(y_true).astype(np.int64)
     proba = np.asarray(proba, np.float64)
     K = len(classes)
@@ -259,6 +308,3 @@ def compute_metrics(y_true, proba, classes: list[str], groups: dict[str, np.ndar
             g["class_counts"] = {c: int(v) for c, v in zip(classes, np.bincount(y[sel], minlength=K))}
             m["groups"][col][b] = g
     return m
-
-
-# ---------- group buckets ----------

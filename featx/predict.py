@@ -117,7 +117,7 @@ class HeadModel:
     """A saved head with the backbone and tap its features came from, checked against the card."""
 
     def __init__(self, head, card: dict, weights=None, device: str = "auto", head_dir=None):
-        from .extract import Extractor
+        from .extract.extractor import Extractor
         from .weights import load_backbone
 
         prov = card.get("provenance", {})

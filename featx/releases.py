@@ -6,6 +6,7 @@ A release decides its own preprocessing; users never pass a mean or a channel or
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -172,7 +173,39 @@ class Release:
         return cls(**d)
 
 
-RELEASES: dict[str, Release] = {}  # filled by the backbone families (featx/backbones/*.py)
+class _Releases(MutableMapping):
+    """Releases by name; the built-in families' releases are registered on first read."""
+
+    def __init__(self) -> None:
+        self.table: dict[str, Release] = {}
+        self.loaded = False
+
+    def _all(self) -> dict[str, Release]:
+        if not self.loaded:
+            from .backbones import builtin_releases
+
+            self.loaded = True
+            builtin = {r.name: r for r in builtin_releases()}
+            self.table = {**builtin, **self.table}  # ones registered earlier follow, and win a clash
+        return self.table
+
+    def __getitem__(self, name: str) -> Release:
+        return self._all()[name]
+
+    def __setitem__(self, name: str, release: Release) -> None:
+        self.table[name] = release
+
+    def __delitem__(self, name: str) -> None:
+        del self.table[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+RELEASES: MutableMapping[str, Release] = _Releases()  # the families' (featx/backbones/*.py) and registered ones
 
 
 def register_release(release: Release) -> Release:
@@ -185,8 +218,3 @@ def get_release(name: str) -> Release:
         return RELEASES[name]
     except KeyError:
         raise FeatxError(f"unknown release {name!r}; known: {', '.join(RELEASES)}") from None
-
-
-from .backbones import load_builtin  # noqa: E402  (the families register their releases)
-
-load_builtin()

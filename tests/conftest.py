@@ -39,7 +39,7 @@ def thread_environ():
     """dask's nannies set OMP/MKL/OpenBLAS threads to 1 in this process whenever they (re)start a
     worker, e.g. after a test kills one; a later test's subprocess would inherit it and compute with
     one thread (the killed fine-tune then resumed to other bits than the run it is compared with)."""
-    from featx.cluster import THREAD_VARS, kept_environ
+    from featx.extract.dask import THREAD_VARS, kept_environ
 
     with kept_environ(THREAD_VARS):
         yield

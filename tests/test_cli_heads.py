@@ -27,7 +27,7 @@ RELEASE = "vgg16.hed"
 def stores(monkeypatch):
     """Paths -> FakeStore objects, served to the CLI in place of FeatureStore.open."""
     table: dict[str, FakeStore] = {}
-    monkeypatch.setattr("featx.heads.open_store", lambda s: table[str(s)] if isinstance(s, str) else s)
+    monkeypatch.setattr("featx.training.open_store", lambda s: table[str(s)] if isinstance(s, str) else s)
     return table
 
 
@@ -232,14 +232,6 @@ def test_predict_json_lines_are_streamed_as_results_come(tmp_path, stores, capsy
     # batched: a bad photo between two good ones keeps its place
     out = list(fp.iter_predictions(tmp_path / "h", [a, bad, c], weights=tiny_weights, batch_size=2))
     assert [(o.path, o.label) for o in out] == [(str(a), "female"), (str(bad), None), (str(c), "male")]
-
-
-def test_old_import_path_of_the_inference_code_still_works():
-    import featx.heads.predict as old
-    import featx.predict as new
-
-    assert old.predict_images is new.predict_images and old.FaceCropper is new.FaceCropper
-    assert old.Prediction is new.Prediction and old.iter_predictions is new.iter_predictions
 
 
 def test_predict_shows_progress_in_a_log(tmp_path, stores, capsys, tiny_weights, monkeypatch):

@@ -1,4 +1,4 @@
-"""featx.cluster on real dask LocalClusters of worker processes: the store equals a single-process one,
+"""featx.extract.dask on real dask LocalClusters of worker processes: the store equals a single-process one,
 a worker killed mid-run loses nothing, finished shards are never recomputed, the model loads once
 per worker, remote (file://, memory://) stores, GPU-pinned workers, and features as dask arrays."""
 
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import zarr
 
-import featx.cluster as fc
-from featx.cluster import LocalSpec, extract_on_cluster, feature_array, gpu_resources, parse_cluster
+import featx.extract.dask as fc
+from featx.extract.command import extract_on_cluster
+from featx.extract.dask import LocalSpec, feature_array, gpu_resources, parse_cluster
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import FeatureStore, StoreWriter
@@ -63,7 +64,7 @@ def client2():
 
 def slow_units(seconds: float) -> None:
     """On a worker: make each shard take `seconds` longer, so a kill lands mid-run."""
-    import featx.extract as fx
+    import featx.extract.units as fx
 
     orig = getattr(fx, "_orig_run_units", fx.run_units)
     fx._orig_run_units = orig

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.compare import compare, holm
+from featx.report.compare import compare, holm
 from featx.errors import FeatxError
-from featx.heads import train
+from featx.training import train
 from featx.metrics import binomial_two_sided, mcnemar_exact
 from featx.report import evaluate
 from featx_cli.main import main

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from featx.errors import FeatxError
-from featx.extract import Extractor, resolve_device, resolve_precision
+from featx.device import resolve_device, resolve_precision
+from featx.extract import Extractor
 
 POLICY = importlib.import_module(resolve_precision.__module__)  # featx.extract today, featx.device maybe later
 

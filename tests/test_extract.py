@@ -17,12 +17,15 @@ import torch
 import zarr
 
 import featx.device
-import featx.extract as fx
 from featx.data import load
 from featx.errors import FeatxError
-from featx.extract import Extractor, ImageRows, extract, resolve_precision
+from featx.device import resolve_precision
+from featx.extract import Extractor, extract
+from featx.extract.record import finish
+from featx.extract.units import run_unit
 from featx.images import open_rgb
-from featx.store import FeatureStore, StoreWriter
+from featx.reader import ImageRows
+from featx.store import FeatureStore, StoreWriter, plan_units
 from featx_cli.main import main
 
 TINY = dict(workers=0, progress=False, rows_per_shard=8)
@@ -75,7 +78,8 @@ def test_rerun_does_no_work_and_never_loads_the_model(csv_dataset, tiny_weights,
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded for a finished store")
 
-    monkeypatch.setattr(fx, "load_backbone", no_model)
+    monkeypatch.setattr("featx.extract.runner.load_backbone", no_model)
+    monkeypatch.setattr("featx.extract.extractor.load_backbone", no_model)
     t = time.perf_counter()
     assert main(args) == 0
     assert time.perf_counter() - t < 2.0
@@ -239,17 +243,17 @@ def test_units_api_for_a_distributed_runner(csv_dataset, tiny_weights, tmp_path)
     ident = {"manifest_hash": m.hash(), "release": "vgg16.hed", "weights_sha256": ex.weights_sha256,
              "tap": "pool5-gap", "preprocess": ex.preprocess.to_dict(), "dtype": "float32", "flip": False}
     create(store, manifest=m, identity=ident, provenance={"precision": "fp32"}, dim=ex.dim, rows_per_shard=16)
-    units = fx.plan_units(store)
+    units = plan_units(store)
     assert units == [(0, 16), (16, 32), (32, 40)]
     for a, b in reversed(units):  # any order, each shard independent
-        assert fx.run_unit(str(store), a, b, extractor=ex)["rows"] == b - a
-    fx.finish(store)
+        assert run_unit(str(store), a, b, extractor=ex)["rows"] == b - a
+    finish(store)
     ref = tmp_path / "ref.zarr"
     extract(m, "vgg16.hed", ref, weights=tiny_weights, precision="fp32", dtype="float32", **TINY)
     np.testing.assert_array_equal(FeatureStore.open(store).features(), FeatureStore.open(ref).features())
     wrong = Extractor("vgg16.hed", weights=tiny_weights, device="cpu", precision="fp32", dtype="float32", tap="pool4-gap")
     with pytest.raises(FeatxError, match="tap"):
-        fx.run_unit(store, 0, 16, extractor=wrong)
+        run_unit(store, 0, 16, extractor=wrong)
 
 
 def test_bf16_matches_fp32_on_the_tiny_model(csv_dataset, tiny_weights):

@@ -113,9 +113,9 @@ def test_moved_model_folder_works_with_extract_evaluate_and_predict(env, tmp_pat
     val = fs.indices("val")
     p_head = head.predict_proba(fs.features(val))
     assert p_head[:, 1].std() > 0.05  # real, varied predictions, not a constant 0.5
-    from featx.finetune_data import MapBatches
-    from featx.finetune_model import TuneNet
-    from featx.finetune_train import Loop
+    from featx.finetune.data import MapBatches
+    from featx.finetune.model import TuneNet
+    from featx.finetune.train import Loop
     from featx.weights import load_backbone
 
     prefix = FeatureStore.open(card["provenance"]["store"])
@@ -182,7 +182,7 @@ def test_interrupted_fine_tune_resumes_to_the_same_weights(env, tmp_path):
 
 def test_early_stopping_on_val_auc_keeps_the_best_epoch(env, tmp_path, monkeypatch):
     """Scripted val AUCs 0.6, 0.8, 0.7, 0.75: patience 2 stops after epoch 4 and exports epoch 2."""
-    from featx import finetune_train
+    from featx.finetune import train as finetune_train
 
     data, weights = env
     aucs = iter([0.6, 0.8, 0.7, 0.75])
@@ -207,7 +207,7 @@ def test_early_stopping_on_val_auc_keeps_the_best_epoch(env, tmp_path, monkeypat
 
 
 def test_pixel_augmentation_reruns_the_prefix(env, tmp_path, monkeypatch):
-    from featx import finetune_data
+    from featx.finetune import data as finetune_data
 
     data, weights = env
     seen = []
@@ -223,7 +223,7 @@ def test_pixel_augmentation_reruns_the_prefix(env, tmp_path, monkeypatch):
 
 
 def test_map_augmentations(env):
-    from featx.finetune_data import augment_maps, epoch_rows, parse_augment
+    from featx.finetune.data import augment_maps, epoch_rows, parse_augment
 
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     seen_flip = seen_shift = False
@@ -282,7 +282,7 @@ def pool4_store(env, path, rows_per_chunk: int) -> FeatureStore:
 
 
 def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
-    from featx.finetune_data import stream_blocks
+    from featx.finetune.data import stream_blocks
 
     fs = pool4_store(env, tmp_path / "p4.zarr", 4)
     idx = fs.indices("train")
@@ -294,7 +294,7 @@ def test_row_blocks_visit_each_row_once_in_shuffled_order(env, tmp_path):
 
 def test_training_blocks_mix_a_sorted_manifest(env, tmp_path):
     """The folder dataset lists all female photos, then all male: training blocks must still mix them."""
-    from featx.finetune_data import row_blocks
+    from featx.finetune.data import row_blocks
 
     fs = pool4_store(env, tmp_path / "p4.zarr", 2)
     rows, labels = np.arange(len(fs.labels)), np.asarray(fs.labels)
@@ -372,7 +372,7 @@ def test_lr_zero_is_the_frozen_baseline(env, tmp_path):
 
 
 def test_head_trains_alone_on_frozen_features_before_the_stages(env, tmp_path, monkeypatch):
-    import featx.finetune_train as ft
+    import featx.finetune.train as ft
 
     data, weights = env
     seen, real = {}, ft.head_probe
@@ -401,7 +401,7 @@ def test_head_trains_alone_on_frozen_features_before_the_stages(env, tmp_path, m
 
 
 def test_the_head_alone_is_kept_when_no_epoch_beats_it(env, tmp_path, monkeypatch):
-    from featx import finetune_train
+    from featx.finetune import train as finetune_train
 
     data, weights = env
     real = finetune_train.Loop.evaluate

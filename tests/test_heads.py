@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from featx.errors import FeatxError
-from featx.heads import HEADS, check_compatible, load_head, make_head, read_card, save_head, train
+from featx.heads import HEADS, check_compatible, load_head, make_head, read_card, save_head
+from featx.training import train
 from featx.heads.base import fit_platt
 
 FAST = {"mlp": {"grid": {"hidden": [[32], [32, 16]]}, "max_epochs": 40, "patience": 5}}

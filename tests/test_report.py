@@ -9,8 +9,9 @@ import pytest
 from sklearn import metrics as skm
 
 from featx.errors import FeatxError
-from featx.heads import train
-from featx.report import REQUIRED_KEYS, bucket_column, compute_metrics, evaluate, write_report
+from featx.training import train
+from featx.metrics import bucket_column, compute_metrics
+from featx.report import REQUIRED_KEYS, evaluate, write_report
 
 from test_heads import FakeStore, fake_store, separable
 

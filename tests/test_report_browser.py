@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from featx.compare import compare
-from featx.heads import train
+from featx.report.compare import compare
+from featx.training import train
 from featx.report import evaluate
 
 from test_report_html import photo_store

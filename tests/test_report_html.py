@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.heads import train
+from featx.training import train
 from featx.metrics import INTERVAL_KEYS, bootstrap_intervals, calibration, weighted_metrics
-from featx.report import REQUIRED_KEYS, bucket_column, compute_metrics, evaluate
+from featx.metrics import bucket_column, compute_metrics
+from featx.report import REQUIRED_KEYS, evaluate
 
 from conftest import make_image
 from test_heads import FakeStore, separable

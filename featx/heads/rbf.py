@@ -13,7 +13,6 @@ from sklearn.svm import SVC
 
 from .base import Head, holdout_split, platt_proba
 from .linear import CALIBRATION, calibrate, svm_scores
-from .registry import register_head
 
 C_GRID = [0.1, 1.0, 10.0]
 GAMMA_FACTORS = [0.25, 1.0, 4.0]  # times 1 / n_features ("scale" on standardised data)
@@ -32,7 +31,6 @@ def rbf_decision(Z: np.ndarray, sv: np.ndarray, dual: np.ndarray, intercept: np.
     return out
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class RBFSVMHead(Head):
     """Kernel SVM (one-vs-rest for K > 2) on a stratified subsample of at most max_train rows."""

@@ -1,12 +1,9 @@
-"""Head kinds by name. A head is one module under featx/heads/ whose class is decorated with
-@register_head; modules there are imported on first use, so adding a head touches one file.
-Code elsewhere (a plugin, a test) may register its own head class the same way.
+"""Head kinds by name. featx.heads registers its built-in classes (its BUILTIN list) when imported;
+code elsewhere (a plugin, a test) registers its own class with @register_head.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -16,7 +13,6 @@ if TYPE_CHECKING:
     from .base import Head
 
 _CLASSES: dict[str, type["Head"]] = {}
-_discovered = False
 
 
 def register_head(cls: type["Head"]) -> type["Head"]:
@@ -35,26 +31,11 @@ def unregister_head(kind: str) -> None:
     _CLASSES.pop(kind, None)
 
 
-def _discover() -> None:
-    """Import every module of featx.heads once, so their @register_head decorators run."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    from . import __path__ as here, __name__ as package
-
-    for mod in pkgutil.iter_modules(here):
-        if not mod.name.startswith("_"):
-            importlib.import_module(f"{package}.{mod.name}")
-
-
 def head_classes() -> dict[str, type["Head"]]:
-    _discover()
     return dict(_CLASSES)
 
 
 def get_head_class(kind: str) -> type["Head"]:
-    _discover()
     if kind not in _CLASSES:
         raise FeatxError(f"unknown head {kind!r}; use one of {', '.join(_CLASSES)}")
     return _CLASSES[kind]
@@ -64,7 +45,6 @@ class _Kinds(Sequence):
     """The registered head names, in registration order; reads the registry each time."""
 
     def _names(self) -> list[str]:
-        _discover()
         return list(_CLASSES)
 
     def __getitem__(self, i):

@@ -18,7 +18,6 @@ from sklearn.linear_model import SGDClassifier
 from ..errors import FeatxError
 from .base import (Head, Standardiser, as_2d, binary_to_two, class_weights, holdout_split, ovr_normalise,
                    safe_scale, sigmoid)
-from .registry import register_head
 from .select import grid_search
 
 # (row indices, flip) -> iterator of (rows, features); rows index the label array
@@ -85,7 +84,6 @@ class Stream:
         return [(g, f) for f in self.flips for g in range(len(self.groups))]
 
 
-@register_head
 @dataclass(eq=False, repr=False)
 class SGDHead(Head):
     kind = "sgd"

@@ -120,7 +120,7 @@ def feature_map(xy: np.ndarray, y: np.ndarray, wrong: np.ndarray, classes: list[
 
 def thumbnail(path, size: int = 112) -> bytes | None:
     """A JPEG thumbnail of the source image, or None when it is gone or unreadable."""
-    from .images import open_rgb
+    from ..images import open_rgb
 
     try:
         img = open_rgb(path)

@@ -5,69 +5,23 @@ roc_auc, confusion (rows = true class, columns = predicted, in `classes` order),
 ({column: {bucket: metrics}}), plus classes, positive, per_class and context (head, store, split).
 Binary tasks score the positive class: the second of the sorted classes (e.g. "male" of female/male).
 With more than two classes precision, recall, F1, specificity and ROC AUC are macro averages.
-evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report_html.enrich)
+evaluate() also adds intervals, extra_groups, calibration, timing and provenance (featx.report.html.enrich)
 and writes report.html and predictions.csv beside metrics.json.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .metrics import compute_metrics  # noqa: F401  (featx.report.compute_metrics stays importable)
+from ..errors import FeatxError
+from ..metrics import bucket_column, compute_metrics
 
-AGE_BUCKETS = ((0, 12, "0-12"), (13, 19, "13-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, math.inf, "60+"))
-UNKNOWN = "unknown"
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
-
-
-def _number(v: str) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def is_numeric(values) -> bool:
-    """True when every non-empty value parses as a number (and there is at least one)."""
-    vals = [str(v).strip() for v in values]
-    vals = [v for v in vals if v and v.lower() not in ("nan", "none", "na")]
-    return bool(vals) and all(_number(v) is not None for v in vals)
-
-
-def age_bucket(v) -> str:
-    x = _number(str(v).strip())
-    if x is None or x < 0:
-        return UNKNOWN
-    for lo, hi, name in AGE_BUCKETS:
-        if x < hi + 1:  # whole years: 12.5 is still 0-12
-            return name
-    return AGE_BUCKETS[-1][2]
-
-
-def bucket_column(values, name: str | None = None) -> np.ndarray:
-    """Numeric columns -> age buckets 0-12, 13-19, 20-39, 40-59, 60+; strings -> their value.
-
-    With a column name, only an age column ("age" in its name) is bucketed: codes such as race 0-4 stay codes.
-    """
-    values = np.asarray(values, dtype=str)
-    if is_numeric(values) and (name is None or "age" in name.lower()):
-        return np.asarray([age_bucket(v) for v in values], dtype=str)
-    return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
-
-
-def ordered_buckets(labels: np.ndarray) -> list[str]:
-    present = set(labels.tolist())
-    age = [name for _, _, name in AGE_BUCKETS if name in present]
-    rest = sorted(present - set(age) - {UNKNOWN})
-    return age + rest + ([UNKNOWN] if UNKNOWN in present else [])
 
 
 # ---------- evaluation of a saved head on a store ----------
@@ -86,8 +40,9 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     The store may come from another collection (another manifest) of the same release and tap.
     Default report folder: <head_dir>/report-<store name>-<split>. Returns the metrics (as in metrics.json).
     """
-    from .data import check_split
-    from .heads import check_compatible, load_head, open_store, predict_rows, store_label
+    from ..data import check_split
+    from ..heads import check_compatible, load_head
+    from ..training import open_store, predict_rows, store_label
 
     head, card = load_head(head_dir)
     given = store if isinstance(store, (str, Path)) else None
@@ -125,7 +80,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     }
     if report_dir is None:
         report_dir = Path(head_dir) / f"report-{store_label(store, given)}-{split}"
-    from .report_html import EvalRun, enrich, write_page
+    from .html import EvalRun, enrich, write_page
 
     run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4))
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance
@@ -205,7 +160,7 @@ def write_report(report_dir: str | Path, metrics: dict, y_true=None, proba=None)
     import matplotlib
 
     matplotlib.use("Agg")
-    from .heads import to_json
+    from ..heads.card import to_json
 
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from .backbones import pool
+from ..backbones import pool
 
 HEADS = {"mlp": "flat", "linear": "flat", "gap": "gap"}  # head -> how the head-input map is pooled
 

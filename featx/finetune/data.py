@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import FeatxError
+from ..errors import FeatxError
 
 AUGMENTS = ("flip", "mirror", "shift", "pixels")
 PIXEL_SHIFT = 1 / 16  # pixel-mode translation, as a fraction of the input size
@@ -139,7 +139,7 @@ class PixelRows(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, item):
-        from .images import open_rgb
+        from ..images import open_rgb
 
         row, flip, dy, dx = item
         x = self.preprocess(open_rgb(self.root / self.paths[row]))
@@ -165,7 +165,7 @@ class PixelBatches:
     amp: torch.dtype | None = None
 
     def __call__(self, rows: np.ndarray, rng: np.random.Generator | None):
-        from .backbones import forward_taps
+        from ..backbones import forward_taps
 
         ds = PixelRows(self.store.root, list(self.store.paths), self.preprocess)
         s = int(self.preprocess.size * PIXEL_SHIFT)

@@ -1,109 +1,30 @@
 """Fine-tune the last stages of a backbone plus a head, from a cached prefix.
 
 A composition of four parts:
-  1. a config (`FineTuneConfig`: the recipe; `RunOptions`: where and how it runs);
+  1. a config (`featx.finetune.config`);
   2. a prefix cache: a feature store of the family's prefix tap (VGG16: pool4, or pool3), built once by
      `featx.extract` and reused by every run and hyper-parameter on the same data and base weights;
-  3. a trainer (`featx.finetune_train`) over the stages between the prefix tap and the head-input tap
-     (`Family.finetune`, `backbones.trainable_stages`), fed by `featx.finetune_data`;
-  4. an export of the best checkpoint as a release folder (`featx.finetune_export`).
+  3. a trainer (`featx.finetune.train`) over the stages between the prefix tap and the head-input tap
+     (`Family.finetune`, `backbones.trainable_stages`), fed by `featx.finetune.data`;
+  4. an export of the best checkpoint as a release folder (`featx.finetune.export`).
 Nothing here is specific to one family: the family comes from the base release's `arch`.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import FeatxError
-
-UNFREEZE = {"block5": "pool4", "block4": "pool3"}  # the old --unfreeze values (VGG16 block names)
-BALANCE = ("none", "weights", "sample")
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """The recipe. Defaults are the ones benchmarks/README.md measured."""
-
-    from_tap: str = "pool4"  # cached prefix tap; the stages after it train
-    lr: float = 1e-5  # AdamW rate of the last trainable stage
-    layer_decay: float = 0.5  # each earlier trainable stage trains at this times the next one's rate
-    head_lr: float = 1e-4  # the head's rate, alone first and then with the stages
-    weight_decay: float = 1e-4
-    epochs: int = 10
-    batch_size: int = 64
-    warmup: float = 1.0  # epochs of linear warmup, then cosine decay
-    label_smoothing: float = 0.1
-    head: str = "mlp"  # mlp: flatten -> hidden -> classes; linear: flatten -> classes; gap: GAP -> classes
-    hidden: int = 256
-    dropout: float = 0.5
-    augment: str = "none"  # or a comma list of flip, mirror, shift, pixels (map flips/shifts lost 2-9 points)
-    shift: int = 1  # cells of random translation for "shift"
-    balance: str = "none"  # none | weights (class-weighted loss) | sample (oversample smaller classes)
-    patience: int = 3  # epochs without a better val AUC before stopping
-    head_epochs: int = 5  # epochs of the head alone on frozen features before the stages train (0: none)
-    seed: int = 0
-
-    def check(self, family) -> None:
-        from .finetune_data import parse_augment
-        from .finetune_model import HEADS
-
-        if self.from_tap not in family.finetune:
-            raise FeatxError(f"--from-tap {self.from_tap!r} is not a fine-tune split of {family.arch}; "
-                             f"use {' or '.join(family.finetune) or 'none (this family cannot fine-tune)'}")
-        if self.head not in HEADS:
-            raise FeatxError(f"--head {self.head!r} is not supported; use {', '.join(HEADS)}")
-        if self.balance not in BALANCE:
-            raise FeatxError(f"--balance {self.balance!r} is not supported; use {', '.join(BALANCE)}")
-        parse_augment(self.augment)
-        for k in ("epochs", "batch_size", "patience"):
-            if getattr(self, k) < 1:
-                raise FeatxError(f"--{k.replace('_', '-')} must be at least 1")
-        if self.head_epochs < 0:
-            raise FeatxError("--head-epochs must be 0 or more")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
-            raise FeatxError("--label-smoothing and --dropout must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Where and how a fine-tune runs; none of it changes the result's identity."""
-
-    weights: str | Path | None = None  # weights FILE of the base release
-    cache: str | Path | None = None  # the prefix store (default: under $FEATX_HOME/features)
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    name: str | None = None
-    block_rows: int = 512  # rows read per shuffled block of the prefix store
-    progress: bool = True
-
-
-def split_options(options: dict, unfreeze: str | None = None) -> tuple[FineTuneConfig, RunOptions]:
-    """Keyword options -> (config, run options); unknown names are refused."""
-    cf, rf = {f.name for f in fields(FineTuneConfig)}, {f.name for f in fields(RunOptions)}
-    bad = sorted(set(options) - cf - rf)
-    if bad:
-        raise TypeError(f"unknown fine-tune option {bad[0]!r}")
-    if options.get("augment") is None and "augment" in options:
-        options = {**options, "augment": "none"}
-    cfg = FineTuneConfig(**{k: v for k, v in options.items() if k in cf})
-    if unfreeze is not None:
-        if unfreeze not in UNFREEZE:
-            raise FeatxError(f"--unfreeze {unfreeze!r} is not supported; use --from-tap "
-                             "(pool4: block5 alone, pool3: blocks 4 and 5)")
-        cfg = replace(cfg, from_tap=UNFREEZE[unfreeze])
-    return cfg, RunOptions(**{k: v for k, v in options.items() if k in rf})
-
+from ..errors import FeatxError
+from .config import FineTuneConfig, RunOptions, split_options
 
 def prefix_store_for(manifest, release_name: str, weights_sha: str, tap: str, mirror: bool) -> Path:
     """Default prefix cache: shared by fine-tunes of the same data, base weights and prefix tap."""
-    from .paths import featx_home
+    from ..paths import featx_home
 
     home = featx_home()
     tag = f"{manifest.hash()[:12]}-{weights_sha[:8]}{'-flip' if mirror else ''}"
@@ -112,9 +33,9 @@ def prefix_store_for(manifest, release_name: str, weights_sha: str, tap: str, mi
 
 def prefix_cache(manifest, backbone: str, base: tuple, cfg: FineTuneConfig, run: RunOptions):
     """Build (or resume, or reuse) the feature store of the prefix tap; returns it opened."""
-    from .extract import extract
-    from .finetune_data import parse_augment
-    from .store import FeatureStore
+    from ..extract.command import extract
+    from .data import parse_augment
+    from ..store import FeatureStore
 
     release, _, sha = base
     mirror = "mirror" in parse_augment(cfg.augment)
@@ -129,16 +50,16 @@ def prefix_cache(manifest, backbone: str, base: tuple, cfg: FineTuneConfig, run:
 
 def autocast_dtype(device: str, precision: str) -> torch.dtype | None:
     """The autocast dtype of extract's precision policy (None for fp32)."""
-    from .extract import AUTOCAST, resolve_precision
+    from ..device import AUTOCAST, resolve_precision
 
     return AUTOCAST.get(resolve_precision(precision, torch.device(device)))
 
 
 def build_parts(store, base: tuple, cfg: FineTuneConfig, run: RunOptions, device: str):
     """(net, training batches, evaluation batches) for this store and recipe."""
-    from .backbones import trainable_stages
-    from .finetune_data import MapBatches, PixelBatches, parse_augment
-    from .finetune_model import TuneNet
+    from ..backbones import trainable_stages
+    from .data import MapBatches, PixelBatches, parse_augment
+    from .model import TuneNet
 
     release, model, _ = base
     fam = release.family
@@ -198,9 +119,9 @@ def fine_tune(data, backbone: str, out: str | Path, *, unfreeze: str | None = No
 
     options: any FineTuneConfig field (the recipe) or RunOptions field (weights, cache, device, ...).
     """
-    from .data import Manifest, load
-    from .extract import resolve_device
-    from .weights import load_backbone
+    from ..data import Manifest, load
+    from ..device import resolve_device
+    from ..weights import load_backbone
 
     t_start = time.perf_counter()
     cfg, run = split_options(options, unfreeze)
@@ -223,9 +144,9 @@ def fine_tune(data, backbone: str, out: str | Path, *, unfreeze: str | None = No
 
 def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dict:
     """Parts 3 and 4: train from the opened prefix store, export the best checkpoint as a release."""
-    from .finetune_data import class_weights
-    from .finetune_export import Lineage, export_head, export_release, write_record
-    from .finetune_train import Loop, Optimiser, Trainer
+    from .data import class_weights
+    from .export import Lineage, export_head, export_release, write_record
+    from .train import Loop, Optimiser, Trainer
 
     train_idx, val_idx, test_idx = (store.indices(s) for s in ("train", "val", "test"))
     if len(train_idx) == 0 or len(val_idx) == 0:
@@ -261,7 +182,7 @@ def train_and_export(store, base, cfg, run, out, identity, *, log, times) -> dic
                                          "val_metrics": {"accuracy": va["accuracy"], "auc": va["auc"]}})
     write_record(out, release, pr.history)
     trainer.clean()
-    from .weights import register_finetuned
+    from ..weights import register_finetuned
 
     register_finetuned(out)
     alone = " (the head alone)" if pr.best_epoch == 0 else ""

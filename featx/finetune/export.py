@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from . import __version__
-from .finetune_train import save_json, save_tensors
-from .releases import Release
+from .. import __version__
+from .train import save_json, save_tensors
+from ..releases import Release
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Lineage:
 
 def export_release(net, lin: Lineage, out: Path, name: str, summary: dict) -> Release:
     """weights.safetensors (checked by rebuilding it with the family's builder) + the Release object."""
-    from .weights import sha256_file
+    from ..weights import sha256_file
 
     sd = {k: v.detach().float().cpu().contiguous() for k, v in net.base.state_dict().items()}
     lin.base.family.build(sd)  # the family must load what it will be asked to load
@@ -56,7 +56,7 @@ def export_release(net, lin: Lineage, out: Path, name: str, summary: dict) -> Re
 
 def export_head(net, release: Release, lin: Lineage, out: Path, card_extra: dict) -> None:
     """The network's head as a featx MLP head (dropout is identity at inference) with its card."""
-    from .heads import make_head, save_head
+    from ..heads import make_head, save_head
 
     layers = net.linears()
     arrays = {"scaler_mean": net.mean.double().cpu().numpy(), "scaler_scale": net.scale.double().cpu().numpy()}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatxError
-from .metrics import bootstrap_intervals, mcnemar_exact
+from ..errors import FeatxError
+from ..metrics import bootstrap_intervals, mcnemar_exact
 
 PAGE = "compare.html"
 SUMMARY = "compare.json"
@@ -115,7 +115,7 @@ def summarise(runs: list[Run]) -> dict:
         pairs.append({"a": i, "b": j, "a_label": labels[i - 1], "b_label": labels[j - 1], **test})
     for p, adj in zip(pairs, holm([p["p_value"] for p in pairs])):
         p["p_holm"] = adj
-    from . import __version__
+    from .. import __version__
 
     return {"runs": table, "pairs": pairs, "alpha": ALPHA, "featx_version": __version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -142,7 +142,7 @@ def compare(report_dirs, out_dir: str | Path) -> dict:
 
 def accuracy_plot(runs: list[dict]) -> bytes:
     """Accuracy of each run with its interval, best at the top."""
-    from .report_plots import _plt, png_bytes
+    from .plots import _plt, png_bytes
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(runs) + 1.4))
@@ -163,7 +163,7 @@ def seconds(x) -> str:
 
 
 def ranking_table(runs: list[dict]) -> str:
-    from .report_html import esc, fmt, fmt_interval
+    from .html import esc, fmt, fmt_interval
 
     head = ("<tr><th>rank</th><th class=\"l\">run</th><th>n</th><th>accuracy</th><th>95% interval</th>"
             "<th>balanced acc.</th><th>ROC AUC</th><th>fit s</th><th>predict s</th><th class=\"l\">report</th></tr>")
@@ -179,7 +179,7 @@ def ranking_table(runs: list[dict]) -> str:
 
 
 def pairs_table(summary: dict) -> str:
-    from .report_html import esc
+    from .html import esc
 
     head = ("<tr><th class=\"l\">A</th><th class=\"l\">B</th><th>only A right</th><th>only B right</th>"
             "<th>both right</th><th>both wrong</th><th>p (exact)</th><th>p (Holm)</th>"
@@ -196,7 +196,7 @@ def pairs_table(summary: dict) -> str:
 
 
 def provenance_rows(runs: list[dict]) -> str:
-    from .report_html import esc
+    from .html import esc
 
     keys = ("store", "release", "tap", "weights_sha256", "manifest_hash", "head_params", "featx_version", "date")
     head = "<tr><th>rank</th>" + "".join(f'<th class="l">{k.replace("_", " ")}</th>' for k in keys) + "</tr>"
@@ -210,7 +210,7 @@ def provenance_rows(runs: list[dict]) -> str:
 
 
 def page(summary: dict) -> str:
-    from .report_html import CSS, esc, img
+    from .html import CSS, esc, img
 
     runs = summary["runs"]
     title = f"featx compare: {len(runs)} runs on the same {runs[0]['n']} rows"

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import report_plots as plots
-from .metrics import INTERVAL_KEYS, calibration, interval_block
+from .. import __version__
+from ..provenance import provenance
+from . import plots
+from ..metrics import INTERVAL_KEYS, bucket_column, calibration, compute_metrics, interval_block
 
 MAX_BUCKETS = 20  # an extra column with more distinct values is not a group column
 MAX_EXTRA = 8  # group columns shown beyond --by (name more with --by)
@@ -59,8 +61,6 @@ def identity_buckets(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
     """Group columns the store has beyond --by: the first MAX_EXTRA extras with 2 to MAX_BUCKETS buckets,
     and identity counts when the store has identities."""
-    from .report import bucket_column
-
     out = {}
     for col, values in dict(getattr(run.store, "extras", {}) or {}).items():
         if col in run.groups or len(out) >= MAX_EXTRA:
@@ -74,15 +74,13 @@ def extra_group_columns(run: EvalRun) -> dict[str, np.ndarray]:
     return out
 
 
-def provenance(metrics: dict, run: EvalRun) -> dict:
-    """Enough to trace the page to the exact run: store identity, head and its parameters, featx, date."""
-    from . import __version__
-
-    attrs = dict(getattr(run.store, "attrs", {}) or {})
+def run_provenance(metrics: dict, run: EvalRun) -> dict:
+    """Enough to trace the page to the exact run: the store's provenance, the head and its parameters, featx, date."""
+    store = provenance(run.store)
     ctx = metrics.get("context", {})
-    return {"store": ctx.get("store"), "split": ctx.get("split"), "release": attrs.get("release"),
-            "tap": attrs.get("tap"), "weights_sha256": attrs.get("weights_sha256"),
-            "manifest_hash": attrs.get("manifest_hash"),
+    return {"store": ctx.get("store"), "split": ctx.get("split"), "release": store["release"],
+            "tap": store["tap"], "weights_sha256": store["weights_sha256"],
+            "manifest_hash": store["manifest_hash"],
             "head_manifest_hash": run.card.get("provenance", {}).get("manifest_hash"),
             "head": ctx.get("head"), "head_type": run.card.get("head"), "head_params": run.card.get("params", {}),
             "featx_version": __version__,
@@ -91,8 +89,6 @@ def provenance(metrics: dict, run: EvalRun) -> dict:
 
 def enrich(metrics: dict, run: EvalRun) -> dict:
     """Add the report's extra keys to `metrics` in place (existing keys are left alone); returns it."""
-    from .report import compute_metrics
-
     extra = extra_group_columns(run)
     classes = metrics["classes"]
     metrics["extra_groups"] = compute_metrics(run.y, run.proba, classes, extra)["groups"] if extra else {}
@@ -100,7 +96,7 @@ def enrich(metrics: dict, run: EvalRun) -> dict:
     metrics["calibration"] = calibration(run.y, run.proba)
     metrics["timing"] = {"predict_seconds": run.predict_seconds, "predict_rows": int(len(run.rows)),
                          "fit_seconds": run.card.get("training", {}).get("fit_seconds")}
-    metrics["provenance"] = provenance(metrics, run)
+    metrics["provenance"] = run_provenance(metrics, run)
     return metrics
 
 

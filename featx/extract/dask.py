@@ -1,10 +1,10 @@
-"""Extraction on dask.distributed, and features as dask arrays.
+"""The dask.distributed distributor (`Dask`), and features as dask arrays.
 
-    extract_on_cluster(data, "vgg16.hed", "s3://bucket/utk.zarr", cluster="local:4")
-    extract_on_cluster(data, "vgg16.hed", "/shared/utk.zarr", scheduler="tcp://head:8786")
+    extract(data, "vgg16.hed", "s3://bucket/utk.zarr", cluster="local:4")        # featx.extract.extract
+    extract(data, "vgg16.hed", "/shared/utk.zarr", scheduler="tcp://head:8786")
 
-The driver (this process) creates the store with its full provenance, exactly as single-process
-`featx.extract.extract` does, then submits one task per unfinished shard (`featx.store.plan_units`):
+The runner (`featx.extract.runner`) creates the store with its full provenance in this process, as for
+an in-process run; this distributor then submits one task per unfinished shard (`featx.store.plan_units`):
 each shard has exactly one writer, and a shard whose `done` marker is set is never computed again.
 Workers keep their loaded model in a per-process cache, so the model loads once per worker.
 A worker that dies mid-shard has that shard rerun elsewhere (dask reschedules it); a failed run
@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 
-from .errors import FeatxError
+from ..errors import FeatxError
 
-__all__ = ["Dask", "extract_on_cluster", "parse_cluster", "feature_array", "LocalSpec", "start_local",
-           "run_shard", "worker_stats"]
+__all__ = ["Dask", "parse_cluster", "feature_array", "LocalSpec", "start_local", "run_shard", "worker_stats"]
 
 CONNECT_TIMEOUT_S = 30  # --scheduler: how long to wait for the scheduler and its first worker
 
@@ -196,7 +195,7 @@ def get_extractor(spec: dict):
 
     Cached per process by (backbone, weights, sha256, tap, device, precision, dtype, flip, compile).
     """
-    from .extract import Extractor
+    from .extractor import Extractor
 
     with _LOCK:
         for key, ex in _EXTRACTORS.values():
@@ -255,8 +254,8 @@ def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
     """One dask task: compute shard [start, stop) and write it, then its marker. Skips a finished shard."""
     import torch
 
-    from .extract import run_unit
-    from .store import StoreWriter
+    from ..store import StoreWriter
+    from .units import run_unit
 
     writer = StoreWriter.open(store)
     k = writer.shard_index(start, stop)
@@ -306,14 +305,6 @@ def _task_error(k: int, fut) -> FeatxError:
     return FeatxError(f"shard {k} failed: {why}; finished shards are kept, rerun the same command to resume")
 
 
-def extract_on_cluster(data, backbone: str, store, *, client=None, **kw) -> dict:
-    """featx.extract.extract on dask.distributed (cluster="local:N", scheduler="tcp://HOST:PORT" or a
-    distributed.Client); with none of the three it runs in this process. Same store, same summary."""
-    from .extract import extract
-
-    return extract(data, backbone, store, client=client, **kw)
-
-
 class Dask:
     """The dask.distributed distributor: one task per unfinished shard, the model loaded once per worker."""
 
@@ -325,6 +316,7 @@ class Dask:
                              "uses the GPU it is pinned to)")
         self.stack = contextlib.ExitStack()
         self.where = self.cluster_info = None
+        self.extractor = None  # the model lives on the workers
         self.spec: dict = {}
 
     def __enter__(self) -> "Dask":
@@ -423,7 +415,7 @@ def feature_array(store, flip: bool = False):
     Works on stores larger than memory, e.g. `feature_array(s)[idx].mean(axis=0).compute()`.
     `store` is a path, URL or an open featx.store.FeatureStore (which must be finished).
     """
-    from .store import FeatureStore
+    from ..store import FeatureStore
 
     fs = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     return fs.dask_array(flip)

@@ -16,19 +16,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .errors import FeatxError
+from ..errors import FeatxError
 
 STATE_JSON, BEST_FILE = "checkpoint.json", "best.safetensors"  # + checkpoint-EPOCH.safetensors
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from .paths import atomic_write
+    from ..paths import atomic_write
 
     atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def save_json(obj, path: Path) -> None:
-    from .paths import atomic_write
+    from ..paths import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)))
 
@@ -122,7 +122,7 @@ class Loop:
 
     def on_device(self, batches, rows, rng, label: str):
         """One pass: (rows, maps on the device, channels_last) per batch, with the pass's progress bar."""
-        from .progress import progress_bar
+        from ..progress import progress_bar
 
         with progress_bar(self.progress, len(rows), 0, label=label, transient=True) as advance:
             for r, x in batches(rows, rng):
@@ -233,7 +233,7 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1000 + e)
         rng = np.random.default_rng(cfg.seed * 1000 + e)
         t0 = time.perf_counter()
-        from .finetune_data import epoch_rows
+        from .data import epoch_rows
 
         rows = epoch_rows(train_rows, self.loop.labels, cfg.balance, rng)
         loss = self.loop.train(self.net, self.batches, rows, opt, rng, label=f"epoch {e}/{cfg.epochs} train")
@@ -305,7 +305,7 @@ def head_probe(net, loop: Loop, batches, rows: tuple, cfg, log) -> dict:
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(net.head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     steps = cfg.head_epochs * -(-len(tr) // cfg.batch_size)
-    from .finetune_data import epoch_rows
+    from .data import epoch_rows
 
     k, pos = 0, np.arange(len(tr))
     for _ in range(cfg.head_epochs):
