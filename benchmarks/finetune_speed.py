@@ -24,7 +24,8 @@ from featx.backbones import forward_taps, trainable_stages
 from featx.data import load
 from featx.device import resolve_precision
 from featx.extract import extract
-from featx.finetune import FineTuneConfig, autocast_dtype
+from featx.finetune.config import FineTuneConfig
+from featx.finetune.pipeline import autocast_dtype
 from featx.finetune.data import MapBatches, PixelBatches
 from featx.finetune.model import TuneNet
 from featx.finetune.train import Loop, Optimiser
