@@ -1,6 +1,7 @@
 """Benchmark scripts that the tests can run small: the photo decoders and the children's bound."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,8 +106,6 @@ def test_machine_names_the_cpu_its_flags_and_the_gpu(monkeypatch):
 def test_reference_scripts_feed_the_committed_pixels(shared_utkface, ref, size, big_crop):
     """dlib_reference.py and facenet_reference.py build their inputs with common.reference_inputs: the same
     names, crops and pixels as the committed reference files were made from."""
-    from pathlib import Path
-
     import common
 
     rows = common.reference_inputs(shared_utkface.parents[1], size, big_crop)
@@ -159,3 +158,15 @@ def test_face_subset_keeps_every_test_row_and_draws_train(csv_dataset, tmp_path,
         assert test == {str(sub.abspath(i)) for i, s in enumerate(sub.splits) if s == "test"}
         assert set(sub.extras) == set(src.extras)  # Manifest.subset keeps every column (age here)
     assert "hash" in capsys.readouterr().out
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem not in ("common", "dlib_reference"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)  # dlib_reference needs dlib (it runs in a scratch venv)
+def test_every_benchmark_script_imports(name):
+    """A moved module breaks a script nobody runs for weeks; importing each one catches it."""
+    import importlib
+
+    assert callable(importlib.import_module(name).main)
