@@ -8,11 +8,14 @@
     python benchmarks/lfw_settings.py --head cache/heads/dlib-logreg --data /work/data/lfw/labels.csv \
         --centre 0.4,0.5,0.6,0.7,0.8 --chips dlib=/work/data/lfw-dlibchips/labels.csv
 
-Settings, each fed through the head's own path (featx.predict.HeadModel: the release's resize, the tap, the
-store dtype, the head) exactly as `featx predict` runs it:
+Settings, each fed through the base as `featx extract` and `featx predict` run it (featx.extract.Extractor:
+the release's resize, auto precision, the tap, rounding to the store dtype); features are cached per setting
+(`--cache`), so they can be made while the head's store is still being extracted, and scored later with `--head`
+(its card must name the same release, tap and dtype):
 - `whole`: the frame as it is;
 - `centre-F`: the central fraction F of the frame (each F given; the best is the "hand-tuned" crop);
-- `haar`: featx predict's `--detect-faces` crop (OpenCV Haar cascade, largest face, +25% margin: FaceCropper);
+- `haar-M`: featx predict's `--detect-faces` crop (featx.predict.FaceCropper: OpenCV Haar cascade, largest
+  face, the box widened by M on each side; predict's M is 0.25);
 - `NAME=labels.csv`: ready-cut chips (dlib's own, or any other chip source), rows joined to the frames on the
   `group` column (one row per person); a frame without a chip has no answer there.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -49,30 +53,57 @@ def bootstrap(hit: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-class Scorer:
-    """Answers of one head for PIL images, batched through featx's own predict path."""
+class Features:
+    """Features of PIL images through the base as `featx extract` and `featx predict` compute them (the release's
+    resize, auto precision, rounding to the store dtype), cached per setting so the head can come later."""
 
-    def __init__(self, head_dir: str, batch: int = 32):
-        from featx.heads import load_head
-        from featx.predict import HeadModel
+    def __init__(self, backbone: str, tap: str, dtype: str, cache: Path, batch: int = 32):
+        from featx.extract import Extractor
 
-        head, card = load_head(head_dir)
-        self.model = HeadModel(head, card, device="cpu", head_dir=head_dir)
-        self.card, self.batch = card, batch
+        self.ex = Extractor(backbone, tap=tap, device="cpu", precision="auto", dtype=dtype)
+        self.key = f"{backbone}.{tap}.{dtype}"
+        self.cache, self.batch = cache, batch
 
-    def labels(self, images: list) -> list[str | None]:
-        """Predicted label per image (None where the image is None)."""
-        from featx.predict import Prediction
+    def __call__(self, name: str, images: list, digest: str) -> np.ndarray:
+        """[n, d] float32 features, NaN rows where the image is None; `digest` names the inputs in the cache."""
+        import torch
 
-        out: list[str | None] = [None] * len(images)
+        path = self.cache / f"{name}.{self.key}.{digest}.npy"
+        if path.exists():
+            return np.load(path)
         todo = [(i, im) for i, im in enumerate(images) if im is not None]
+        out = None
         for k in range(0, len(todo), self.batch):
             part = todo[k:k + self.batch]
-            preds = [(Prediction(str(i)), self.model.pixels(im)) for i, im in part]
-            self.model.label(preds)
-            for (i, _), (p, _) in zip(part, preds):
-                out[i] = p.label
+            px = np.stack([np.array(self.ex.preprocess.resize_crop(im), dtype=np.uint8) for _, im in part])
+            f = np.asarray(self.ex(torch.from_numpy(px))[0], np.float32)
+            if out is None:
+                out = np.full((len(images), f.shape[1]), np.nan, np.float32)
+            out[[i for i, _ in part]] = f
+        self.cache.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
         return out
+
+
+def head_labels(head_dir: str, feats: dict[str, np.ndarray], want: dict) -> dict[str, list]:
+    """Each setting's predicted labels (None where no image) from a saved head whose card matches the features."""
+    from featx.heads import load_head
+
+    head, card = load_head(head_dir)
+    prov = card.get("provenance", {})
+    for k, v in want.items():
+        if prov.get(k) != v:
+            raise SystemExit(f"head {head_dir} was trained on {k}={prov.get(k)!r}, the features here are {v!r}")
+    classes = list(card["classes"])
+    out = {}
+    for name, X in feats.items():
+        ok = ~np.isnan(X).any(axis=1)
+        lab: list = [None] * len(X)
+        if ok.any():
+            for i, k in zip(np.flatnonzero(ok), head.predict_proba(X[ok]).argmax(axis=1)):
+                lab[i] = classes[k]
+        out[name] = lab
+    return out
 
 
 def crops(frames: list, kind: str) -> tuple[list, float]:
@@ -85,8 +116,8 @@ def crops(frames: list, kind: str) -> tuple[list, float]:
         out = list(frames)
     elif kind.startswith("centre-"):
         out = [centre_fraction(im, float(kind.split("-", 1)[1])) for im in frames]
-    elif kind == "haar":
-        cropper = FaceCropper()
+    elif kind.startswith("haar-"):
+        cropper = FaceCropper(margin=float(kind.split("-", 1)[1]))
         out = []
         for im in frames:
             box = cropper.box(im)
@@ -114,49 +145,78 @@ def summarise(name: str, pred: list, truth: list[str], whole: list) -> dict:
             "ci95": [lo, hi], "accuracy_fallback_whole": float(fall.mean()), "ci95_fallback": [flo, fhi]}
 
 
+def inputs_digest(data: str, spec: str) -> str:
+    """sha256 of what a setting's images come from: the frames' manifest, the setting, a chip manifest's bytes."""
+    h = hashlib.sha256(Path(data).read_bytes() + spec.encode())
+    if "=" in spec:
+        h.update(Path(spec.split("=", 1)[1]).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def setting_images(rows: list[dict], frames: list, spec: str) -> tuple[str, list, float]:
+    if "=" in spec:
+        return spec.split("=", 1)[0], chip_images(rows, spec), 0.0
+    images, cut = crops(frames, spec)
+    return spec, images, cut
+
+
+def report(preds: dict[str, list], truth: list[str]) -> list[dict]:
+    results = []
+    for name, pred in preds.items():
+        res = summarise(name, pred, truth, preds["whole"])
+        results.append(res)
+        print(f"{name:>12}: accuracy {res['accuracy']:.3f} [{res['ci95'][0]:.3f}, {res['ci95'][1]:.3f}] n={res['n']} "
+              f"(coverage {res['coverage']:.3f}); all frames, whole frame where no face: "
+              f"{res['accuracy_fallback_whole']:.3f}")
+    both = np.array([all(p[i] is not None for p in preds.values()) for i in range(len(truth))])
+    print(f"on the {both.sum()} frames every setting answered:")
+    for res in results:
+        hit = np.array([p == t for p, t, b in zip(preds[res["setting"]], truth, both) if b], dtype=float)
+        res["accuracy_common"], res["n_common"] = float(hit.mean()), int(both.sum())
+        print(f"{res['setting']:>12}: {hit.mean():.3f}")
+    return results
+
+
 def main() -> None:
     from featx.images import open_rgb
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--head", required=True, help="a head trained by featx train-head (dlib.resnet features)")
+    ap.add_argument("--head", help="a head trained by featx train-head; without it only the features are cached")
     ap.add_argument("--data", default="/work/data/lfw/labels.csv")
+    ap.add_argument("--backbone", default="dlib.resnet")
+    ap.add_argument("--tap", default="embedding")
+    ap.add_argument("--dtype", default="float16", help="the store dtype the head was trained on")
+    ap.add_argument("--cache", default="/work/data/lfw-features", help="features per setting (.npy)")
     ap.add_argument("--centre", default="0.4,0.5,0.6,0.7,0.8", help="central fractions to try")
-    ap.add_argument("--no-haar", action="store_true")
+    ap.add_argument("--haar-margins", default="0.25", help="Haar box margins to try (0.25: featx predict's)")
     ap.add_argument("--chips", action="append", default=[], help="NAME=labels.csv of ready-cut chips (repeatable)")
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args()
     rows = read_manifest(Path(args.data))
     truth = [r["label"] for r in rows]
     frames = [open_rgb(r["file"]) for r in rows]
-    scorer = Scorer(args.head)
-    prov = scorer.card.get("provenance", {})
-    print(f"{len(rows)} frames ({truth.count('female')} female, {truth.count('male')} male); head "
-          f"{args.head}: {prov.get('release')} tap {prov.get('tap')}")
-    kinds = ["whole"] + [f"centre-{float(f):.2f}" for f in args.centre.split(",") if f] + ([] if args.no_haar else ["haar"])
-    results, whole, preds = [], None, {}
-    for kind in kinds + args.chips:
+    cache = Path(args.cache) / Path(args.data).parent.name
+    feats_of = Features(args.backbone, args.tap, args.dtype, cache)
+    print(f"{len(rows)} frames ({truth.count('female')} female, {truth.count('male')} male); "
+          f"{args.backbone} tap {args.tap} ({args.dtype}); features cached in {cache}")
+    specs = ["whole"] + [f"centre-{float(f):.2f}" for f in args.centre.split(",") if f]
+    feats, timing = {}, {}
+    specs += [f"haar-{float(m):.2f}" for m in args.haar_margins.split(",") if m]
+    for spec in specs + args.chips:
         t0 = time.perf_counter()
-        if "=" in kind:
-            images, cut = chip_images(rows, kind), 0.0
-            kind = kind.split("=", 1)[0]
-        else:
-            images, cut = crops(frames, kind)
-        pred = preds[kind.split("=", 1)[0]] = scorer.labels(images)
-        whole = pred if whole is None else whole
-        res = summarise(kind, pred, truth, whole)
-        res["seconds_cut"], res["seconds_total"] = cut, time.perf_counter() - t0
-        results.append(res)
-        print(f"{kind:>12}: accuracy {res['accuracy']:.3f} [{res['ci95'][0]:.3f}, {res['ci95'][1]:.3f}] n={res['n']} "
-              f"(coverage {res['coverage']:.3f}); all frames, whole frame where no face: "
-              f"{res['accuracy_fallback_whole']:.3f}  [{res['seconds_total']:.0f} s]", flush=True)
-    both = np.array([all(p[i] is not None for p in preds.values()) for i in range(len(rows))])
-    print(f"on the {both.sum()} frames every setting answered:")
+        name, images, cut = setting_images(rows, frames, spec)
+        feats[name] = feats_of(name, images, inputs_digest(args.data, spec))
+        timing[name] = {"seconds_cut": cut, "seconds_total": time.perf_counter() - t0}
+        print(f"{name:>12}: {int((~np.isnan(feats[name]).any(axis=1)).sum())} images, cut in {cut:.1f} s, "
+              f"{timing[name]['seconds_total']:.0f} s in all", flush=True)
+    if not args.head:
+        return
+    want = {"release": args.backbone, "tap": args.tap, "dtype": args.dtype}
+    results = report(head_labels(args.head, feats, want), truth)
     for res in results:
-        hit = np.array([p == t for p, t, b in zip(preds[res["setting"]], truth, both) if b], dtype=float)
-        res["accuracy_common"], res["n_common"] = float(hit.mean()), int(both.sum())
-        print(f"{res['setting']:>12}: {hit.mean():.3f}")
+        res.update(timing[res["setting"]])
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": args.data, "head": args.head, "provenance": prov,
+        Path(args.json).write_text(json.dumps({"data": args.data, "head": args.head, "features": want,
                                                "results": results}, indent=1))
 
 
