@@ -141,8 +141,11 @@ def summarise(name: str, pred: list, truth: list[str], whole: list) -> dict:
     fall = np.array([(p if p is not None else w) == t for p, w, t in zip(pred, whole, truth)], dtype=float)
     lo, hi = bootstrap(hit)
     flo, fhi = bootstrap(fall)
+    by_label = {c: float(np.mean([p == t for p, t in zip(pred, truth) if t == c and p is not None]))
+                for c in sorted(set(truth))}
     return {"setting": name, "n": int(ans.sum()), "coverage": float(ans.mean()), "accuracy": float(hit.mean()),
-            "ci95": [lo, hi], "accuracy_fallback_whole": float(fall.mean()), "ci95_fallback": [flo, fhi]}
+            "ci95": [lo, hi], "accuracy_fallback_whole": float(fall.mean()), "ci95_fallback": [flo, fhi],
+            "by_label": by_label, "pred": pred}
 
 
 def inputs_digest(data: str, spec: str) -> str:
@@ -167,7 +170,7 @@ def report(preds: dict[str, list], truth: list[str]) -> list[dict]:
         results.append(res)
         print(f"{name:>12}: accuracy {res['accuracy']:.3f} [{res['ci95'][0]:.3f}, {res['ci95'][1]:.3f}] n={res['n']} "
               f"(coverage {res['coverage']:.3f}); all frames, whole frame where no face: "
-              f"{res['accuracy_fallback_whole']:.3f}")
+              f"{res['accuracy_fallback_whole']:.3f}; " + ", ".join(f"{c} {v:.3f}" for c, v in res["by_label"].items()))
     both = np.array([all(p[i] is not None for p in preds.values()) for i in range(len(truth))])
     print(f"on the {both.sum()} frames every setting answered:")
     for res in results:
