@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from featx.device import cpu_name
+from common import ADULT_AGE, machine
 from featx.training import open_store
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -39,11 +39,11 @@ def children_cv(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", action="append", required=True)
-    ap.add_argument("--age", type=float, default=13.0, help="children are younger than this")
+    ap.add_argument("--age", type=float, default=ADULT_AGE, help="children are younger than this")
     ap.add_argument("--adults", type=float, default=0.987, help="adults' accuracy for the second bound")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    print(f"machine: {cpu_name()}")
+    print(f"machine: {machine()}")
     print("| store | tap | dim | children (train/val/test) | children-only 5-fold CV acc | C "
           f"| bound at adults 1.0 | bound at adults {a.adults} |")
     print("|---|---|---|---|---|---|---|---|")

@@ -16,55 +16,20 @@ point of a cluster is more machines or more GPUs, not more speed from one CPU. N
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-
-def subset(data: str, n: int):
-    """The first n rows of the manifest `data` loads to."""
-    from featx.data import Manifest, load
-
-    m = load(data)
-    n = min(n, len(m))
-    return Manifest(root=m.root, paths=m.paths[:n], labels=m.labels[:n], splits=m.splits[:n],
-                    groups=m.groups[:n] if m.groups is not None else None,
-                    extras={k: v[:n] for k, v in m.extras.items()}, source=m.source)
-
-
-def weights_for(backbone: str, weights: str | None, tmp: Path) -> tuple[str | None, str]:
-    """(weights file or None for the cache, note). Falls back to a random-init full-size VGG16 (same speed)."""
-    from featx.weights import canonical_path
-
-    if weights:
-        return weights, ""
-    path = canonical_path(backbone)
-    if path.is_file():
-        return None, ""
-    import torch
-    from safetensors.torch import save_file
-
-    from featx.backbones.vgg16 import VGG16
-
-    torch.manual_seed(0)
-    out = tmp / "random-vgg16.safetensors"
-    save_file({k: v.contiguous() for k, v in VGG16().state_dict().items()}, str(out))
-    return str(out), f"note: {path} absent; using a random-init full-size VGG16 (same speed, meaningless features)"
+from common import Stopwatch, machine, model_arguments, parser, weights_or_random
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--backbone", default="vgg16.hed")
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--tap", default="pool5-gap")
+    ap = parser(__doc__)
+    model_arguments(ap)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--rows-per-shard", type=int, default=32, help="shard = one dask task (default 32)")
@@ -72,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
+    from featx.data import load
     from featx.extract.command import extract_on_cluster
     from featx.extract import extract
     from featx.store import FeatureStore
@@ -79,22 +45,22 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="featx-cluster-speed-"))
     rows = []
     try:
-        weights, note = weights_for(args.backbone, args.weights, tmp)
-        if note:
-            print(note)
-        m = subset(args.data, args.n)
+        weights, note = weights_or_random(args.backbone, args.weights, tmp)
+        print(f"machine: {machine()}" + (f"\n{note}" if note else ""))
+        m = load(args.data)
+        m = m.subset(range(min(args.n, len(m))))
         kw = dict(tap=args.tap, weights=weights, precision=args.precision, batch_size=args.batch_size,
                   rows_per_shard=args.rows_per_shard, progress=False)
         modes = ["single"] + [c for c in args.clusters.split(",") if c]
         ref = None
         for mode in modes:
             store = tmp / f"{mode.replace(':', '-')}.zarr"
-            t = time.perf_counter()
-            if mode == "single":
-                s = extract(m, args.backbone, store, **kw)
-            else:
-                s = extract_on_cluster(m, args.backbone, store, cluster=mode, **kw)
-            wall = time.perf_counter() - t
+            with Stopwatch() as t:
+                if mode == "single":
+                    s = extract(m, args.backbone, store, **kw)
+                else:
+                    s = extract_on_cluster(m, args.backbone, store, cluster=mode, **kw)
+            wall = t.s
             fs = FeatureStore.open(store)
             same = None
             if ref is None:

@@ -18,7 +18,6 @@ GPU's img/s: workers needed = GPU img/s / decode img/s per worker.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import time
@@ -28,11 +27,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from common import machine, model_arguments, parser
 from featx.data import load
 from featx.device import AUTOCAST, resolve_precision
 from featx.extract import Extractor
-from featx.reader import ImageRows
 from featx.images import open_rgb
+from featx.reader import ImageRows
 
 
 def featx_decode(manifest, preprocess, workers: int, n: int) -> float:
@@ -115,11 +115,8 @@ def model_rate(ex: Extractor, tap: str, x: torch.Tensor, precision: str, batch: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--backbone", default="vgg16.hed")
-    ap.add_argument("--weights", default=None)
+    ap = parser(__doc__)
+    model_arguments(ap, n=512, tap=None)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--model-n", type=int, default=64, help="photos for each model rate")
     args = ap.parse_args()
@@ -127,10 +124,11 @@ def main() -> None:
     m = load(args.data)
     n = min(args.n, len(m))
     paths = [m.abspath(i) for i in range(n)]
-    ex = Extractor(args.backbone, args.weights, device="cpu", precision="fp32")
+    ex = Extractor(args.backbone, weights=args.weights, device="cpu", precision="fp32")
     p = ex.preprocess
     for q in paths:  # the page cache: every decoder below reads warm files
         open(q, "rb").read()
+    print(f"machine: {machine()}")
     print(f"{n} photos from {args.data}, to {p.size}x{p.size} (resize {p.resize}); {os.cpu_count()} cores")
     for w in [int(k) for k in args.workers.split(",")]:
         print(f"featx decode, {w} worker(s): {featx_decode(m, p, w, n):8.1f} img/s")

@@ -31,45 +31,15 @@ chip and its centre's offset, i.e. which central crop of a UTKFace chip resemble
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 from pathlib import Path
 
 import dlib
 import numpy as np
 from PIL import Image
 
-PHOTOS = ("images/100_1_0_20170110183726390.jpg.chip.jpg", "images/10_0_0_20170103233459275.jpg.chip.jpg",
-          "images/28_0_0_20170102233520314.jpg.chip.jpg", "images/30_1_0_20170103180631960.jpg.chip.jpg")
+from common import parser, reference_arguments, reference_inputs, save_reference
+
 SIZE = 150
-
-
-def synthetic(k: int, size: int) -> np.ndarray:
-    """A deterministic RGB uint8 pattern: sinusoids whose frequencies and phases depend on k."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
-    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
-
-
-def centre_fraction(img: Image.Image, frac: float) -> Image.Image:
-    w, h = img.size
-    cw, ch = max(1, round(w * frac)), max(1, round(h * frac))
-    left, top = (w - cw) // 2, (h - ch) // 2
-    return img.crop((left, top, left + cw, top + ch))
-
-
-def resize_crop(img: Image.Image, crop: float, size: int = SIZE) -> Image.Image:
-    """featx Preprocess(size=150, resize=150, crop=crop).resize_crop, restated."""
-    if crop < 1.0:
-        img = centre_fraction(img, crop)
-    w, h = img.size
-    short, long = min(w, h), max(w, h)
-    new_long = int(size * long / short)
-    nw, nh = (size, new_long) if w <= h else (new_long, size)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
 
 
 def geometry(shared: Path, landmarks: str, n: int) -> None:
@@ -94,32 +64,19 @@ def geometry(shared: Path, landmarks: str, n: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--dat")
-    ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--out", default="tests/data/dlib_reference.npz")
     ap.add_argument("--geometry", type=int, default=0, help="measure dlib's chip on N photos instead")
     ap.add_argument("--landmarks", help="shape_predictor_5_face_landmarks.dat (for --geometry)")
-    args = ap.parse_args()
+    args = reference_arguments(ap, "tests/data/dlib_reference.npz")
     if args.geometry:
         return geometry(Path(args.shared), args.landmarks, args.geometry)
     if not args.dat:
         ap.error("--dat is required")
     model = dlib.face_recognition_model_v1(args.dat)
-    rows = []  # (name, kind, crop, chip)
-    for k in range(3):
-        rows.append((f"synthetic-{k}-150", "synthetic", 1.0, synthetic(k, 150)))
-        big = synthetic(k, 200)
-        rows.append((f"synthetic-{k}-200", "synthetic", 0.75, np.asarray(resize_crop(Image.fromarray(big), 0.75))))
-    for p in PHOTOS:
-        img = Image.open(Path(args.shared) / "utkface" / p).convert("RGB")
-        for crop in (1.0, 0.8):
-            rows.append((p, "utkface", crop, np.asarray(resize_crop(img, crop))))
+    rows = reference_inputs(args.shared, SIZE, big_crop=0.75)  # 200 px at crop 0.75: exactly 150x150 kept
     embs = [np.asarray(model.compute_face_descriptor(np.ascontiguousarray(chip)), np.float32) for *_, chip in rows]
-    np.savez(args.out, name=np.array([r[0] for r in rows]), kind=np.array([r[1] for r in rows]),
-             crop=np.array([r[2] for r in rows], np.float32), embedding=np.stack(embs),
-             pixels_sha256=np.array([hashlib.sha256(np.ascontiguousarray(r[3]).tobytes()).hexdigest() for r in rows]),
-             dlib=np.array(dlib.__version__))
+    save_reference(args.out, rows, {"embedding": embs}, dlib=dlib.__version__)
     for r, e in zip(rows, embs):
         print(f"{r[0]:50s} crop {r[2]:.2f} |descriptor| {np.linalg.norm(e):.4f}")
 

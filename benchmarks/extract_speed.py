@@ -20,7 +20,6 @@ machine's absolute numbers drift). Not a test: run it on a quiet machine (or wit
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -34,28 +33,13 @@ from pathlib import Path
 
 import torch
 
+from common import Stopwatch, machine, model_arguments, parser, weights_or_random
 from featx.backbones import tap_features
 from featx.data import load
 from featx.device import AUTOCAST, describe_device, resolve_device, resolve_precision
 from featx.extract import Extractor
 from featx.releases import get_release
-from featx.weights import load_backbone, weights_dir
-
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_summary() -> str:
-    name, flags = "unknown CPU", set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and name == "unknown CPU":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    import os
-
-    have = [f for f in FLAGS if f in flags]
-    return f"{name}, {os.cpu_count()} cores; flags: {' '.join(have) or 'none of ' + ' '.join(FLAGS)}"
+from featx.weights import load_backbone
 
 
 @contextlib.contextmanager
@@ -88,24 +72,6 @@ def gpu_sampler(device: torch.device):
             out.update(gpu_util_mean=sum(busy) / len(busy), gpu_util_max=max(samples))
 
 
-def ensure_weights(name: str, weights: str | None, tmp: Path) -> tuple[str, str]:
-    """(weights file, note). Without the release's weights: a random-init full-size model of its family."""
-    if weights:
-        return weights, ""
-    path = weights_dir() / get_release(name).filename
-    if path.is_file():
-        return str(path), ""
-    from safetensors.torch import save_file
-
-    from featx.backbones.vgg16 import VGG16
-
-    torch.manual_seed(0)
-    out = tmp / "random-vgg16.safetensors"
-    save_file({k: v.contiguous() for k, v in VGG16().state_dict().items()}, str(out))
-    return str(out), (f"note: {path} absent (featx weights get {name}); using a random-init full-size VGG16 "
-                      "(same speed, meaningless features)")
-
-
 def naive_loop(manifest, release, weights: str, tap: str, device: torch.device, batch_size: int = 32) -> dict:
     """The seed notebooks' way: fp32 NCHW, torchvision transforms, no workers, a list of features."""
     from PIL import Image
@@ -127,13 +93,11 @@ def naive_loop(manifest, release, weights: str, tap: str, device: torch.device, 
             return tf(Image.open(manifest.abspath(i)).convert("RGB"))
 
     model = load_backbone(release.name, weights)[1].to(device)
-    t0 = time.perf_counter()
     feats = []
-    with torch.no_grad():
+    with Stopwatch() as t, torch.no_grad():
         for x in DataLoader(Photos(), batch_size=batch_size, num_workers=0):
             feats.append(tap_features(model, x.to(device), tap).cpu().numpy())
-    wall = time.perf_counter() - t0
-    return {"images_per_s": sum(len(f) for f in feats) / wall, "wall_s": wall}
+    return {"images_per_s": sum(len(f) for f in feats) / t.s, "wall_s": t.s}
 
 
 def decode_normalized(manifest, ex: Extractor, n: int, workers: int) -> torch.Tensor:
@@ -199,10 +163,9 @@ def featx_process(args, csv: Path, precision: str, store: Path) -> dict:
     cmd += ["--weights", args.weights]
     cmd += ["--workers", str(args.workers)] if args.workers is not None else []
     cmd += ["--compile"] if args.compile else []
-    t0 = time.perf_counter()
-    with gpu_sampler(resolve_device(args.device)) as gpu:
+    with Stopwatch() as t, gpu_sampler(resolve_device(args.device)) as gpu:
         r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall = t.s
     shutil.rmtree(store, ignore_errors=True)
     if r.returncode:
         return {"error": (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]}
@@ -212,12 +175,8 @@ def featx_process(args, csv: Path, precision: str, store: Path) -> dict:
 
 
 def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--backbone", default="vgg16.hed")
-    ap.add_argument("--weights", default=None)
-    ap.add_argument("--tap", default="pool5-gap")
+    ap = parser(__doc__)
+    model_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 on CPU, 128 on GPU (as featx)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="comma-separated, e.g. fp32,bf16,int8")
@@ -235,7 +194,7 @@ def main() -> None:
     args = parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="featx-bench-"))
     try:
-        args.weights, note = ensure_weights(args.backbone, args.weights, tmp)  # the subprocess gets it too
+        args.weights, note = weights_or_random(args.backbone, args.weights, tmp)  # the subprocess gets it too
         if note:
             print(note)
         run(args, tmp)
@@ -254,14 +213,14 @@ def run(args, tmp: Path) -> None:
     precisions = [resolve_precision(p, device) if p == "auto" else p for p in args.precision.split(",")]
     print(f"{args.n_used} photos from {args.data}; {args.backbone} tap {args.tap}; batch {args.batch}")
     print(f"device: {describe_device(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"cpu: {cpu_summary()}; auto precision here: {resolve_precision('auto', device)}")
-    out: dict = {"n": args.n_used, "device": describe_device(device), "cpu": cpu_summary(), "tap": args.tap,
+    print(f"machine: {machine()}; auto precision here: {resolve_precision('auto', device)}")
+    out: dict = {"n": args.n_used, "device": describe_device(device), "machine": machine(), "tap": args.tap,
                  "backbone": args.backbone, "batch": args.batch, "compile": args.compile, "runs": []}
     if not args.skip_naive:
         nv = naive_loop(manifest, get_release(args.backbone), args.weights, args.tap, device)
         out["naive"] = nv
         print(f"naive  fp32 NCHW, no workers, batch 32     {nv['images_per_s']:9.2f} img/s")
-    ex = Extractor(args.backbone, args.weights, tap=args.tap, device=str(device), precision="fp32")
+    ex = Extractor(args.backbone, weights=args.weights, tap=args.tap, device=str(device), precision="fp32")
     x = decode_normalized(manifest, ex, min(args.n_used, 128 if device.type == "cpu" else 2048), 1)
     fns = {}
     for p in precisions:

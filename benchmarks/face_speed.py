@@ -12,14 +12,12 @@ image at its tap, and the CPU (model name, avx512_bf16 / amx flags).
 
 from __future__ import annotations
 
-import argparse
-import time
 
 import numpy as np
 import torch
 
+from common import Stopwatch, machine, parser, split_rows
 from featx.data import load
-from featx.device import cpu_flags
 from featx.extract import Extractor
 from featx.images import open_rgb
 from featx.weights import load_backbone
@@ -34,7 +32,7 @@ def chips(m, rows, release) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--data", default="cache/data/utk.csv")
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32)
@@ -43,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     releases = [tuple(r.split(":", 1)) for r in args.releases.split(",")]
     m = load(args.data)
-    rows = [i for i, s in enumerate(m.splits) if s == "test"][: args.n]
+    rows = split_rows(m.splits, "test")[: args.n]
     ex, data, spent = {}, {}, {}
     for name, tap in releases:
         loaded = load_backbone(name)
@@ -53,13 +51,10 @@ def main() -> None:
         spent[name] = 0.0
     for a in range(0, len(rows), args.batch):
         for name, _ in releases:
-            t0 = time.perf_counter()
-            ex[name](data[name][a: a + args.batch])
-            spent[name] += time.perf_counter() - t0
-    with open("/proc/cpuinfo") as f:
-        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    flags = sorted(f for f in cpu_flags() if f in ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"))
-    print(f"CPU: {model}; flags: {', '.join(flags) or 'none'}; torch threads {torch.get_num_threads()}")
+            with Stopwatch() as t:
+                ex[name](data[name][a: a + args.batch])
+            spent[name] += t.s
+    print(f"machine: {machine()}; torch threads {torch.get_num_threads()}")
     last = releases[-1][0]
     for name, tap in releases:
         e = ex[name]

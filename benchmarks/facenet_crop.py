@@ -11,8 +11,6 @@ is scored on the test photos, overall, adults (age >= 13) and children (< 13).
 
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
+from common import Stopwatch, age_line, by_age, machine, parser, sample, split_rows
 from featx.data import load
 from featx.extract import Extractor
 from featx.reader import ImageRows
@@ -29,14 +28,15 @@ from featx.weights import load_backbone
 
 def features(ex: Extractor, root, paths, batch: int = 32) -> tuple[np.ndarray, float]:
     loader = DataLoader(ImageRows(root, paths, ex.preprocess), batch_size=batch, num_workers=1)
-    out, t0 = [], time.time()
-    for batch in loader:  # (rows, pixels, ok, reason, digest)
-        out.append(ex(batch[1])[0])
-    return np.concatenate(out).astype(np.float32), len(paths) / (time.time() - t0)
+    out = []
+    with Stopwatch() as t:
+        for batch in loader:  # (rows, pixels, ok, reason, digest)
+            out.append(ex(batch[1])[0])
+    return np.concatenate(out).astype(np.float32), len(paths) / t.s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--data", default="cache/data/utk.csv")
     ap.add_argument("--train", type=int, default=1200)
     ap.add_argument("--crops", default="1.0,0.8,0.7")
@@ -44,13 +44,12 @@ def main() -> None:
     ap.add_argument("--backbone", default="facenet.casia")
     args = ap.parse_args()
     m = load(args.data)
-    rng = np.random.default_rng(0)
-    train = [i for i, s in enumerate(m.splits) if s == "train"]
-    train = sorted(rng.choice(train, min(args.train, len(train)), replace=False).tolist())
-    test = [i for i, s in enumerate(m.splits) if s == "test"]
+    train = sample(split_rows(m.splits, "train"), args.train, seed=0)
+    test = split_rows(m.splits, "test")
     y = np.array([lab == "male" for lab in m.labels])
     age = np.array([float(a) for a in m.extras["age"]])
     loaded = load_backbone(args.backbone)
+    print(f"machine: {machine()}")
     print(f"{len(train)} train, {len(test)} test photos; tap {args.tap}")
     for crop in (float(c) for c in args.crops.split(",")):
         release = replace(loaded[0], preprocess=replace(loaded[0].preprocess, crop=crop))
@@ -59,10 +58,8 @@ def main() -> None:
         xte, _ = features(ex, m.root, [m.paths[i] for i in test])
         clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0], cv=5, max_iter=2000))
         clf.fit(xtr, y[train])
-        hit = clf.predict(xte) == y[test]
-        adult = age[test] >= 13
-        print(f"crop {crop:.2f}: accuracy {hit.mean():.4f}  adults {hit[adult].mean():.4f} (n={adult.sum()})  "
-              f"children {hit[~adult].mean():.4f} (n={(~adult).sum()})  [{speed:.1f} img/s]", flush=True)
+        r = by_age(clf.predict(xte) == y[test], age[test])
+        print(f"crop {crop:.2f}: {age_line(r)}  [{speed:.1f} img/s]", flush=True)
 
 
 if __name__ == "__main__":

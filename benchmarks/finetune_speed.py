@@ -10,22 +10,22 @@ notebooks do). The FLOP ratio comes from torch's FlopCounterMode on one image, s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import Stopwatch, machine, parser, sample
 from featx.backbones import forward_taps, trainable_stages
 from featx.data import load
-from featx.device import cpu_flags, resolve_precision
+from featx.device import resolve_precision
 from featx.extract import extract
-from featx.finetune import FineTuneConfig, autocast_dtype
+from featx.finetune.config import FineTuneConfig
+from featx.finetune.pipeline import autocast_dtype
 from featx.finetune.data import MapBatches, PixelBatches
 from featx.finetune.model import TuneNet
 from featx.finetune.train import Loop, Optimiser
@@ -49,9 +49,9 @@ def time_epoch(net, batches, store, cfg, amp) -> float:
     loop = Loop(np.asarray(store.labels, np.int64), "cpu", amp, cfg.label_smoothing)
     idx = store.indices("all")
     opt = Optimiser(net, cfg, -(-len(idx) // cfg.batch_size))
-    t0 = time.perf_counter()
-    loop.train(net, batches, idx, opt, np.random.default_rng(1))
-    return time.perf_counter() - t0
+    with Stopwatch() as t:
+        loop.train(net, batches, idx, opt, np.random.default_rng(1))
+    return t.s
 
 
 def one_tap(sub, a, base, tap: str, tmp: Path) -> dict:
@@ -59,9 +59,9 @@ def one_tap(sub, a, base, tap: str, tmp: Path) -> dict:
     stages = trainable_stages(model, tap, release.family.finetune[tap])
     cfg = FineTuneConfig(from_tap=tap, batch_size=a.batch_size)
     amp = autocast_dtype("cpu", "auto")
-    t0 = time.perf_counter()
-    extract(sub, a.backbone, tmp / f"{tap}.zarr", tap=tap, weights=a.weights, progress=False)
-    fill = time.perf_counter() - t0
+    with Stopwatch() as t:
+        extract(sub, a.backbone, tmp / f"{tap}.zarr", tap=tap, weights=a.weights, progress=False)
+    fill = t.s
     store = FeatureStore.open(tmp / f"{tap}.zarr")
 
     def fresh():
@@ -86,7 +86,7 @@ def one_tap(sub, a, base, tap: str, tmp: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--backbone", default="vgg16.hed")
@@ -98,12 +98,9 @@ def main() -> None:
     a = ap.parse_args()
 
     manifest = load(a.data)
-    keep = np.sort(np.random.default_rng(0).choice(len(manifest), size=min(a.n, len(manifest)), replace=False))
-    sub = manifest.subset(keep)
+    sub = manifest.subset(sample(np.arange(len(manifest)), a.n, seed=0))
     base = load_backbone(a.backbone, a.weights)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx2"})
-    res = {"cpu": cpu, "flags": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    res = {"machine": machine(), "threads": torch.get_num_threads(),
            "precision": resolve_precision("auto", torch.device("cpu")), "load_avg_start": os.getloadavg()[0],
            "batch_size": a.batch_size, "taps": []}
     with tempfile.TemporaryDirectory() as tmp:

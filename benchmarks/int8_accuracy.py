@@ -13,7 +13,6 @@ on val, is trained on each and scored on test. Also prints the per-row cosine in
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from common import machine, parser
 from featx.data import load
 from featx.extract import Extractor
 from featx.reader import ImageRows
@@ -83,7 +83,7 @@ def compare_heads(f_ref: np.ndarray, f_int8: np.ndarray, y: np.ndarray, split: n
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--data", required=True)
     ap.add_argument("--backbone", default="vgg16.hed")
     ap.add_argument("--tap", default="pool4-gap+pool5-gap")
@@ -102,6 +102,7 @@ def main() -> None:
     rows = pick_rows(list(m.splits), args.train, args.val, args.test)
     split = np.asarray(m.splits)[rows]
     y = np.asarray([str(m.labels[i]) for i in rows])
+    print(f"machine: {machine()}", flush=True)
     ex = Extractor(args.backbone, tap=args.tap, device="cpu", precision=args.reference, dtype="float32")
     t0 = time.perf_counter()
     images = decode(m, rows, ex.preprocess, args.workers)

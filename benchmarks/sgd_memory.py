@@ -14,18 +14,15 @@ N x dim x 2 bytes. Not a test: run it on a quiet machine.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from common import Stopwatch, machine, parser, peak_rss_of
 from featx.data import Manifest
 from featx.store import create
 
@@ -50,18 +47,8 @@ def synth_store(path: Path, n: int, dim: int = 512, dtype: str = "float16", seed
     return path
 
 
-def peak_rss_of(cmd: list[str]) -> tuple[int, float, str]:
-    """(exit code, peak RSS of that one child in MiB, seconds, last lines of its output)."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = p.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t, out.strip().splitlines()[-3:]
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="20000,80000,320000", help="comma-separated row counts")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
@@ -73,13 +60,14 @@ def main(argv=None) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="featx-sgd-mem-"))
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    print(f"machine: {machine()}")
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
             store = root / f"synth-{n}-{args.dim}.zarr"
-            t = time.perf_counter()
-            if not store.exists():
-                synth_store(store, n, args.dim, args.dtype)
-            made = time.perf_counter() - t
+            with Stopwatch() as t:
+                if not store.exists():
+                    synth_store(store, n, args.dim, args.dtype)
+            made = t.s
             feat_mb = n * args.dim * np.dtype(args.dtype).itemsize / 2**20
             for head in args.heads.split(","):
                 cmd = [sys.executable, "-m", "featx_cli.main", "train-head", "--store", str(store), "--head", head,

@@ -5,15 +5,18 @@
 utk.csv:      the 5,825 `utkface` photos, split by `featx data` with seed 0 (80/10/10, stratified).
 utk-both.csv: the same rows and splits, plus the 13,472 `utkface_extra` photos as train (90%) and
               val (10%), seed 0. No `utkface_extra` photo is ever in test.
-The fixed test split of every figure is the 583 `utkface` test photos (seed 0), in both files.
+utk-both-utkval.csv: utk-both.csv with `utkface_extra`'s val rows moved to train, so val is the 583
+              `utkface` val photos alone (the test split's mix of adults and children).
+The fixed test split of every figure is the 583 `utkface` test photos (seed 0), in every file.
 A `source` column says which folder a row came from; `age` and `race` are kept for per-group metrics.
+Smaller training sets with the same test split: benchmarks/face_subset.py (utk-1k.csv, utk-both-5k.csv).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from common import parser
 from featx.data import Manifest, assign_splits, load
 
 
@@ -32,7 +35,7 @@ def concat(a: Manifest, b: Manifest) -> Manifest:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--shared", default="../shared/data")
     ap.add_argument("--out", default="cache/data")
     args = ap.parse_args()
@@ -42,8 +45,9 @@ def main() -> None:
     a = prefixed(utk, root, "utkface", list(utk.splits))
     extra_splits = assign_splits(extra.labels, None, seed=0, ratios=(0.9, 0.1, 0.0))
     b = prefixed(extra, root, "utkface_extra", extra_splits)
+    b_utkval = prefixed(extra, root, "utkface_extra", [s if s != "val" else "train" for s in extra_splits])
     out = Path(args.out)
-    for name, m in (("utk.csv", a), ("utk-both.csv", concat(a, b))):
+    for name, m in (("utk.csv", a), ("utk-both.csv", concat(a, b)), ("utk-both-utkval.csv", concat(a, b_utkval))):
         path = m.write(out / name)
         counts = {s: sum(1 for x in m.splits if x == s) for s in ("train", "val", "test")}
         print(f"{path}: {len(m)} rows {counts} hash {m.hash()[:12]}")

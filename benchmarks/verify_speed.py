@@ -9,35 +9,32 @@ resume makes over the image files (blake2b of each file's bytes), and a no-op `f
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
+from common import Stopwatch, machine, parser
 from featx.data import load
-from featx.device import cpu_flags, cpu_name
 from featx.reader import digests
 from featx.store import FeatureStore, verify
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--store", required=True)
     ap.add_argument("--data", required=True)
     a = ap.parse_args()
     fs = FeatureStore.open(a.store)
     extract_s = fs.attrs.get("timings", {}).get("wall_s")
-    t = time.perf_counter()
-    bad = verify(a.store)
-    verify_s = time.perf_counter() - t
+    with Stopwatch() as t:
+        bad = verify(a.store)
+    verify_s = t.s
     m = load(a.data)
-    t = time.perf_counter()
-    digests(m.root, m.paths, range(len(m)))
-    digest_s = time.perf_counter() - t
-    flags = sorted(cpu_flags() & {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"})
+    with Stopwatch() as t:
+        digests(m.root, m.paths, range(len(m)))
+    digest_s = t.s
     out = {"store": a.store, "rows": fs.n, "dim": list(fs.dim), "bad_shards": len(bad),
            "extract_wall_s": extract_s, "verify_s": round(verify_s, 3), "digest_s": round(digest_s, 3),
            "verify_fraction_of_extract": round(verify_s / extract_s, 4) if extract_s else None,
-           "cpu": cpu_name(), "flags": flags}
+           "machine": machine()}
     print(json.dumps(out, indent=2))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import compare_cmd, data_cmd, extract_cmd, finetune_cmd, heads_cmd, labels_cmd, store_cmd, weights_cmd
+from . import compare_cmd, data_cmd, export_cmd, extract_cmd, finetune_cmd, heads_cmd, labels_cmd, store_cmd, weights_cmd
 
 
 def _version(value: bool) -> None:
@@ -40,6 +40,7 @@ def build() -> typer.Typer:
     app.command("predict")(heads_cmd.predict)
     app.command("compare")(compare_cmd.compare)
     app.command("fine-tune")(finetune_cmd.fine_tune)
+    app.command("export")(export_cmd.export)
     store = typer.Typer(help="Check a feature store against its checksums; recompute bad shards.")
     store.command("verify")(store_cmd.verify)
     store.command("repair")(store_cmd.repair)

@@ -22,6 +22,8 @@ def data(
     val: float = typer.Option(0.1, "--val", help="Validation fraction (ignored when the source has its own split)."),
     test: float = typer.Option(0.1, "--test", help="Test fraction (ignored when the source has its own split)."),
     check: bool = typer.Option(False, "--check", help="Decode every image and leave out unreadable ones (slow)."),
+    check_faces: bool = typer.Option(False, "--check-faces", help="Count the faces in every photo (dlib's CNN "
+                                     "detector) and list those with none or several, before any extraction."),
 ) -> None:
     """Build a dataset manifest (path, label, split, group, extras)."""
     from featx import data as fdata
@@ -43,6 +45,22 @@ def data(
         console.print(f"warning: {len(leaks)} groups appear in more than one split, e.g. {', '.join(leaks[:3])}")
     m.write(out)
     _print_counts(console, m, out)
+    if check_faces:
+        _print_faces(console, m)
+
+
+def _print_faces(console: Console, m) -> None:
+    from featx.faces.stage import survey
+
+    found = survey([Path(m.root) / p for p in m.paths], progress=True)
+    console.print(f"faces: {len(found['one'])} photos with one, {len(found['several'])} with several (the largest "
+                  f"is kept), {len(found['none'])} with none (skipped as `no face`), "
+                  f"{len(found['unreadable'])} unreadable")
+    for kind in ("none", "several"):
+        for p in found[kind][:5]:
+            console.print(f"  {kind}: {p}")
+        if len(found[kind]) > 5:
+            console.print(f"  ... and {len(found[kind]) - 5} more with {kind}")
 
 
 def _print_counts(console: Console, m, out: Path) -> None:

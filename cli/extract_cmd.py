@@ -31,6 +31,9 @@ def extract(
                                           "processes (on a GPU machine one per GPU; `local` = all GPUs)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Join a running dask cluster, e.g. "
                                             "tcp://HOST:8786 (the store and images must be on shared storage)."),
+    faces: Optional[str] = typer.Option(None, "--faces", help="Face stage before the base: none (the photo as it "
+                                        "is), detect (dlib's CNN detector, a box chip), align (detector, 5 landmarks, "
+                                        "the release's own chip). Default: the release's. Part of the store's identity."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a frozen base once over a dataset into a Zarr feature store (idempotent, resumable)."""
@@ -39,7 +42,7 @@ def extract(
 
     opts = ExtractOptions(tap=tap, weights=weights, batch_size=batch_size, device=device, precision=precision,
                           workers=workers, flip_tta=flip_tta, dtype=dtype, compile=compile, progress=not quiet,
-                          rows_per_shard=rows_per_shard, cluster=cluster, scheduler=scheduler)
+                          rows_per_shard=rows_per_shard, cluster=cluster, scheduler=scheduler, faces=faces)
     s = run(data, backbone, store, opts)
     if s.get("note"):
         typer.echo(s["note"])

@@ -119,23 +119,43 @@ def evaluate(
 
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    head: list[Path] = typer.Option(..., "--head", help="A folder written by `featx train-head`; repeat it for "
-                                    "several heads (one forward of each base per photo, every answer on one line)."),
-    detect_faces: bool = typer.Option(False, "--detect-faces",
-                                      help="Crop the largest face first (needs the extra featx\\[faces])."),
+    head: Optional[list[Path]] = typer.Option(None, "--head", help="A folder written by `featx train-head`; repeat it "
+                                              "for several heads (one forward of each base per photo, every answer "
+                                              "on one line)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="An ONNX file written by `featx export` "
+                                                               "(run with onnxruntime; its card must match)."),
+    output: Optional[str] = typer.Option(None, "--output", help="With --model: which head of a several-head file."),
+    detect_faces: bool = typer.Option(False, "--detect-faces", help="Find every face first (dlib's CNN detector, "
+                                      "5 landmarks, the release's chip): one answer per face, with its box. Heads "
+                                      "trained on a --faces store use that stage without this flag."),
+    faces: Optional[str] = typer.Option(None, "--faces", help="The face step by name: none | detect | align, or "
+                                        "haar (fallback: OpenCV's Haar cascade, largest face + margin; featx[faces])."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (one object per image, as they come)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help="With --head: auto | bf16 | fp32 (an exported "
+                                                              "file computes in fp32: give fp32 for its answers)."),
     weights: Optional[Path] = typer.Option(None, "--weights",
                                            help="Canonical weights file; must match the head's sha256."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Predict labels (or values) for new photos: preprocessing -> backbone -> tap -> heads."""
-    from featx.predict import iter_predictions
+    """Predict labels (or values) for new photos: preprocessing -> backbone -> tap -> heads (--head), or an
+    exported file (--model)."""
+    if bool(head) == (model is not None):
+        raise FeatxError("give exactly one of --head DIR (repeatable) or --model FILE.onnx")
+    if model is not None:
+        from featx.export import iter_model_predictions
 
+        preds = iter_model_predictions(model, inputs, output=output, detect_faces=faces or detect_faces,
+                                       batch_size=batch_size, device=device, progress=not quiet)
+    else:
+        from featx.predict import iter_predictions
+
+        preds = iter_predictions(head if len(head) > 1 else head[0], inputs, weights=weights,
+                                 detect_faces=faces or detect_faces, batch_size=batch_size,
+                                 device=device, progress=not quiet, precision=precision)
     results = []
-    for r in iter_predictions(head if len(head) > 1 else head[0], inputs, weights=weights,
-                              detect_faces=detect_faces, batch_size=batch_size, device=device, progress=not quiet):
+    for r in preds:
         results.append(r)
         if as_json:  # JSON lines, streamed
             print(json.dumps(r.to_dict()), flush=True)
@@ -143,7 +163,7 @@ def predict(
     if not as_json:
         width = max([len(r.path) for r in ok] + [4])
         for r in ok:
-            print(f"{r.path.ljust(width)}  {answer_text(r)}")
+            print(f"{r.path.ljust(width)}  {answer_text(r)}" + (f"  face {r.face}" if r.face else ""))
     for r in results:
         if r.error is not None:
             print(f"error: {r.path}: {r.error}", file=sys.stderr)

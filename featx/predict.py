@@ -30,7 +30,8 @@ class Prediction:
     probability: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    face: list[int] | None = None  # x, y, w, h of the crop when --detect-faces
+    face: list[int] | None = None  # the face's box (left, top, right, bottom, inclusive) with a face stage
+    faces: int | None = None  # how many faces the photo has (each gets its own Prediction)
     value: float | None = None  # a regression head's answer
     heads: dict[str, dict] | None = None  # several heads: each head's answer, by head name
     answered: bool = False
@@ -47,7 +48,7 @@ class Prediction:
         else:
             d.update(label=self.label, probability=self.probability, probabilities=self.probabilities)
         if self.face is not None:
-            d["face"] = self.face
+            d["face"], d["faces"] = self.face, self.faces
         return d
 
 
@@ -68,14 +69,47 @@ def collect_images(inputs) -> tuple[list[Path], list[Prediction]]:
     return paths, errors
 
 
+class StageCropper:
+    """featx's face stage (dlib's CNN detector, 5 landmarks, the release's chip): every face, largest first."""
+
+    def __init__(self, mode: str, chip):
+        from .faces.stage import FaceStage
+
+        self.stage = FaceStage(mode, chip)
+
+    def crops(self, img) -> list[tuple[list[int], object]] | str:
+        """[(box, chip image), ...] for every face, or the reason there is none."""
+        from PIL import Image
+
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        found = self.stage.faces(rgb)
+        if not found:
+            return self.stage.reason_none(rgb)
+        return [(list(f.box), Image.fromarray(f.chip)) for f in found]
+
+
+def make_cropper(faces, model):
+    """The face step predict uses: `faces` False/None: the one the heads' store was made with (none for
+    most); True: `align`; "none" | "detect" | "align": featx's face stage with the model's release chip;
+    "haar": the documented fallback (OpenCV's Haar cascade, the largest face plus a margin)."""
+    if faces in (None, False):
+        faces = getattr(model, "faces", None) or "none"
+    faces = "align" if faces is True else faces
+    if faces == "haar":
+        return FaceCropper()
+    if faces == "none":
+        return None
+    return StageCropper(faces, getattr(model, "chip", None))
+
+
 class FaceCropper:
-    """Crop the largest frontal face (OpenCV Haar cascade), with a margin."""
+    """The fallback face step: the largest frontal face (OpenCV Haar cascade), with a margin."""
 
     def __init__(self, margin: float = FACE_MARGIN):
         try:
             import cv2
         except ImportError:
-            raise FeatxError("--detect-faces needs OpenCV: pip install 'featx[faces]'") from None
+            raise FeatxError("--faces haar needs OpenCV: pip install 'featx[faces]'") from None
         if not hasattr(cv2, "CascadeClassifier"):
             raise FeatxError(f"OpenCV {cv2.__version__} has no Haar cascade detector; "
                              "pip install 'opencv-python-headless>=4.8,<5'")
@@ -84,6 +118,13 @@ class FaceCropper:
         if self.detector.empty():
             raise FeatxError(f"cannot load OpenCV's {CASCADE}")
         self.margin = margin
+
+    def crops(self, img) -> list[tuple[list[int], object]] | str:
+        box = self.box(img)
+        if box is None:
+            return "no face"
+        x0, y0, w, h = box
+        return [([x0, y0, x0 + w - 1, y0 + h - 1], img.crop((x0, y0, x0 + w, y0 + h)))]
 
     def box(self, img) -> list[int] | None:
         """[x, y, w, h] of the largest face plus margin, clipped to the image; None when none is found."""
@@ -166,12 +207,14 @@ class Base:
     """One base (backbone, weights, preprocessing, dtype) and every head on it: one forward per photo
     for all of them, at the union of their taps; each head reads its own columns."""
 
-    def __init__(self, backbone: str, loaded, dtype: str, heads: list[SavedHead], device: str = "auto"):
+    def __init__(self, backbone: str, loaded, dtype: str, heads: list[SavedHead], device: str = "auto",
+                 precision: str = "auto"):
         from .backbones import tap_dim
         from .extract.extractor import Extractor
 
         parts = list(dict.fromkeys(p for h in heads for p in h.card["provenance"]["tap"].split("+")))
-        self.ex = Extractor(backbone, tap="+".join(parts), device=device, precision="auto", dtype=dtype, loaded=loaded)
+        self.ex = Extractor(backbone, tap="+".join(parts), device=device, precision=precision, dtype=dtype,
+                            loaded=loaded)
         dims = [int(np.prod(tap_dim(self.ex.model, p, self.ex.preprocess.size, self.ex.device))) for p in parts]
         start = dict(zip(parts, np.cumsum([0] + dims[:-1])))
         size = dict(zip(parts, dims))
@@ -195,15 +238,31 @@ class Base:
 class HeadModel:
     """Saved heads with the bases their features came from: heads on the same base share its forward."""
 
-    def __init__(self, heads: list[SavedHead], weights=None, device: str = "auto"):
+    def __init__(self, heads: list[SavedHead], weights=None, device: str = "auto", precision: str = "auto"):
         groups: dict[tuple, tuple] = {}
         for h in heads:
             backbone, loaded = checked_base(h, weights)
             prov = h.card["provenance"]
             key = (backbone, loaded[2], str(prov.get("preprocess")), prov.get("dtype") or "float32")
             groups.setdefault(key, (loaded, []))[1].append(h)
-        self.bases = [Base(k[0], loaded, k[3], hs, device) for k, (loaded, hs) in groups.items()]
+        self.bases = [Base(k[0], loaded, k[3], hs, device, precision) for k, (loaded, hs) in groups.items()]
         self.single = heads[0].name if len(heads) == 1 else None
+        modes = {(h.card["provenance"].get("faces") or {}).get("mode") for h in heads}
+        if len(modes) > 1:
+            raise FeatxError(f"the heads' stores used different face stages ({', '.join(map(str, modes))}); "
+                             "predict with them separately")
+        self.faces = modes.pop()  # the face stage the heads were trained behind: predict uses it too
+        chips = {b.ex.release.chip for b in self.bases}
+        self.chip = chips.pop() if len(chips) == 1 else None  # the chip --detect-faces cuts
+
+    @property
+    def ex(self):
+        """The (first) base's Extractor."""
+        return self.bases[0].ex
+
+    def pixels(self, img) -> np.ndarray:
+        """A photo resized and cropped as the (first) base's release does, uint8 HWC."""
+        return np.array(self.bases[0].ex.preprocess.resize_crop(img), dtype=np.uint8)
 
     def label(self, batch: list[tuple[Prediction, object]]) -> None:
         """Fill in each Prediction's answers from its photo."""
@@ -224,37 +283,33 @@ class HeadModel:
             pred.probabilities = one.get("probabilities", {})
 
 
-def read_photo(pred: Prediction, path: Path, cropper: FaceCropper | None):
-    """The photo (face-cropped when asked), or None with pred.error set."""
+def read_photo(path: Path, cropper) -> list[tuple[Prediction, object]]:
+    """(Prediction, image) for the photo, or for each of its faces with a face step; an image of None
+    means the Prediction carries an error (unreadable photo, no face)."""
     from .images import ImageError, open_rgb
 
     try:
         img = open_rgb(path)
     except ImageError as e:
-        pred.error = e.reason
-        return None
+        return [(Prediction(str(path), error=e.reason), None)]
     if cropper is None:
-        return img
-    box = cropper.box(img)
-    if box is None:
-        pred.error = "no face found"
-        return None
-    pred.face = box
-    x0, y0, w, h = box
-    return img.crop((x0, y0, x0 + w, y0 + h))
+        return [(Prediction(str(path)), img)]
+    found = cropper.crops(img)
+    if isinstance(found, str):
+        return [(Prediction(str(path), error=found), None)]
+    return [(Prediction(str(path), face=box, faces=len(found)), crop) for box, crop in found]
 
 
-def stream(model: HeadModel, paths: list[Path], cropper: FaceCropper | None,
-           batch_size: int) -> Iterator[Prediction]:
-    """Predictions in path order, each yielded as soon as it and all before it are done."""
+def stream(model, paths: list[Path], cropper, batch_size: int) -> Iterator[Prediction]:
+    """Predictions in path order (a photo's faces largest first), each yielded as soon as it and all
+    before it are done. `model.label(batch)` answers [(Prediction, image), ...]."""
     queue: deque[Prediction] = deque()
     pending: list[tuple[Prediction, object]] = []
     for path in paths:
-        pred = Prediction(str(path))
-        queue.append(pred)
-        img = read_photo(pred, path, cropper)
-        if img is not None:
-            pending.append((pred, img))
+        for pred, img in read_photo(path, cropper):
+            queue.append(pred)
+            if img is not None:
+                pending.append((pred, img))
         if len(pending) >= batch_size:
             model.label(pending)
             pending.clear()
@@ -285,24 +340,38 @@ def load_heads(head_dirs) -> list[SavedHead]:
     return out
 
 
-def iter_predictions(head_dir, inputs, *, weights: str | Path | None = None, detect_faces: bool = False,
-                     batch_size: int = 16, device: str = "auto", progress: bool = False) -> Iterator[Prediction]:
-    """One Prediction per image (or per unusable input, with `error` set), in input order, as they come.
-    `head_dir`: one head folder, or several (answers in Prediction.heads, by folder name; heads on the
-    same base share one forward per photo). `progress`: a bar on stderr (status lines in a log)."""
+def iter_predictions(head_dir, inputs, *, weights: str | Path | None = None, detect_faces=False,
+                     batch_size: int = 16, device: str = "auto", progress: bool = False,
+                     precision: str = "auto") -> Iterator[Prediction]:
+    """One Prediction per image (per face with a face stage; per unusable input, with `error` set), in
+    input order, as they come. `head_dir`: one head folder, or several (answers in Prediction.heads, by
+    folder name; heads on the same base share one forward per photo). `detect_faces`: see make_cropper.
+    `progress`: a bar on stderr (status lines in a log)."""
+    heads = load_heads(head_dir)
+    yield from predict_with(lambda: HeadModel(heads, weights, device, precision), inputs,
+                            detect_faces=detect_faces, batch_size=batch_size, progress=progress)
+
+
+def predict_with(make_model, inputs, *, detect_faces=False, batch_size: int = 16,
+                 progress: bool = False) -> Iterator[Prediction]:
+    """The photo handling every model shares: collect, decode, face step, batch, stream in order.
+    make_model() -> an object with label(batch) (and chip / faces for the face step), built only when
+    there are photos."""
     from .progress import progress_bar
 
     if batch_size < 1:
         raise FeatxError("--batch-size must be at least 1")
-    heads = load_heads(head_dir)
-    cropper = FaceCropper() if detect_faces else None
     paths, errors = collect_images(inputs)
     yield from errors
     if paths:
-        model = HeadModel(heads, weights, device)
+        model = make_model()
+        cropper = make_cropper(detect_faces, model)
         with progress_bar(progress, len(paths), 0, "predict", transient=True) as advance:
+            last = None
             for pred in stream(model, paths, cropper, batch_size):
-                advance(1)
+                if pred.path != last:
+                    advance(1)
+                last = pred.path
                 yield pred
 
 
@@ -313,6 +382,6 @@ def predict_images(head_dir: str | Path, inputs, *, weights: str | Path | None =
                                  batch_size=batch_size, device=device))
 
 
-__all__ = ["Prediction", "FaceCropper", "HeadModel", "SavedHead", "collect_images", "iter_predictions",
-           "predict_images", "load_heads",
+__all__ = ["Prediction", "FaceCropper", "StageCropper", "make_cropper", "HeadModel", "SavedHead", "collect_images",
+           "iter_predictions", "predict_with", "predict_images", "load_heads",
            "FACE_MARGIN", "CASCADE", "PAD"]

@@ -13,7 +13,7 @@ from importlib import metadata
 from . import __version__
 
 # copied from a store's attrs into head cards and reports
-STORE_KEYS = ("release", "tap", "preprocess", "manifest_hash", "weights_sha256", "dtype", "precision", "dim")
+STORE_KEYS = ("release", "tap", "preprocess", "manifest_hash", "weights_sha256", "dtype", "precision", "dim", "faces")
 PACKAGES = {"torch": "torch", "zarr": "zarr", "numpy": "numpy", "scikit-learn": "sklearn"}  # name: module
 
 

@@ -96,6 +96,35 @@ class Preprocess:
         return self.to_tensor(self.resize_crop(img))
 
 
+CHIP_KINDS = ("dlib5", "box")
+
+
+@dataclass(frozen=True)
+class Chip:
+    """How a release's input face is cut: kind "dlib5" (aligned by 5 landmarks) or "box" (a detector box
+    with a margin); size in pixels (square); padding (dlib5) and margin (box) as fractions."""
+
+    kind: str
+    size: int
+    padding: float = 0.0
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in CHIP_KINDS:
+            raise FeatxError(f"chip kind {self.kind!r}: expected one of {', '.join(CHIP_KINDS)}")
+        if int(self.size) != self.size or self.size < 2:
+            raise FeatxError(f"chip size {self.size}: expected a whole number of pixels >= 2")
+        if not (0 <= self.padding < 10 and -0.5 < self.margin < 10):
+            raise FeatxError(f"chip padding {self.padding} / margin {self.margin} out of range")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Chip":
+        return cls(**d)
+
+
 def centre_fraction(img: Image.Image, frac: float) -> Image.Image:
     """The central `frac` of the image's width and height."""
     w, h = img.size
@@ -127,6 +156,8 @@ class Release:
     wheel_size: int | None = None
     wheel_member: str | None = None  # ... and the weights file inside it
     urls: tuple[str, ...] = ()  # for "url-pinned": public mirrors, tried in order; sha256 pinned on first download
+    chip: Chip | None = None  # the face chip the weights were trained on (featx.faces cuts it)
+    faces: str = "none"  # the face stage `featx extract` uses when --faces is not given
 
     @property
     def hash_prefix(self) -> str | None:
@@ -162,6 +193,7 @@ class Release:
         d["formats"] = list(self.formats)
         d["urls"] = list(self.urls)
         d["taps"] = list(self.taps)
+        d["chip"] = self.chip.to_dict() if self.chip else None
         return d
 
     @classmethod
@@ -170,6 +202,7 @@ class Release:
         d["preprocess"] = Preprocess.from_dict(d["preprocess"])
         d["formats"] = tuple(d.get("formats", ()))
         d["urls"] = tuple(d.get("urls", ()))
+        d["chip"] = Chip.from_dict(d["chip"]) if d.get("chip") else None
         return cls(**d)
 
 

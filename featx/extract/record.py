@@ -37,7 +37,7 @@ def record(job, writer: StoreWriter, info: dict, stats: dict, where: str, t0: fl
         raise stats["error"]
     skipped = attrs.get("skipped", {})
     return {"store": writer.name, "n": writer.n, "images": len(job.manifest), "target_set": job.target_set,
-            "computed": stats["rows"], "skipped_now": stats["skipped"],
+            "computed": stats["rows"], "skipped_now": stats["skipped"], "several_faces": stats.get("several_faces", 0),
             "skipped": int(skipped.get("count", 0)), "skipped_first": skipped.get("first", []),
             "already_complete": False, "wall_s": time.perf_counter() - t0, "compute_wall_s": stats["wall_s"],
             "images_per_s": rate, "device": where, "precision": info["precision"], "note": job.note,
@@ -81,4 +81,5 @@ def summary_line(s: dict) -> str:
     rate = f", {s['images_per_s']:.1f} images/s" if s.get("images_per_s") else ""
     return (f"extracted {s['computed']} of {s.get('images', s['n'])} images into {s['store']} in {s['wall_s']:.1f} s"
             f"{rate} on {s['device']} at {s['precision']}; skipped {s['skipped']} "
-            f"(reasons in the store's `reason` array)")
+            f"(reasons in the store's `reason` array)"
+            + (f"; {s['several_faces']} photos had several faces (largest kept)" if s.get("several_faces") else ""))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..errors import FeatxError
+from ..faces.stage import FaceStage
 from ..progress import progress_bar
 from ..reader import ImageRows
 from ..releases import RELEASES
@@ -80,7 +81,8 @@ class Job:
     def identity_for(self, info: dict) -> dict:
         """What the features depend on; never the labels (rows are keyed by image content)."""
         return {"release": info["release"], "weights_sha256": info["weights_sha256"], "tap": info["tap"],
-                "preprocess": info["preprocess"], "dtype": self.opts.dtype, "flip": bool(self.opts.flip_tta)}
+                "preprocess": info["preprocess"], "dtype": self.opts.dtype, "flip": bool(self.opts.flip_tta),
+                "faces": info.get("faces")}
 
 
 def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
@@ -97,7 +99,8 @@ def open_job(data, backbone: str, store, opts: ExtractOptions) -> Job:
 
         info = {"release": variant_release(release.name, opts.precision), "weights_sha256": sha,
                 "tap": "+".join(release.parse_tap(opts.tap)),
-                "preprocess": release.preprocess.to_dict()}
+                "preprocess": release.preprocess.to_dict(),
+                "faces": FaceStage(opts.faces or release.faces, release.chip).identity()}
         job.identity = job.identity_for(info)
         job.writer = open_for_extract(store, job.identity)
         if job.writer is not None:
@@ -157,4 +160,4 @@ def int8_for(job: Job, d: Distributor, writer: StoreWriter | None) -> dict:
     if ex is None:
         raise FeatxError("--precision int8 runs in one process for now; drop --cluster/--scheduler")
     record = writer.attrs.get("int8") if writer is not None else None
-    return ex.use_int8(ImageRows(job.manifest.root, job.manifest.paths, ex.preprocess), record)
+    return ex.use_int8(ImageRows(job.manifest.root, job.manifest.paths, ex.preprocess, ex.face_step), record)

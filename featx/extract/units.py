@@ -22,10 +22,10 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
         return {"rows": 0, "skipped": 0, "wall_s": 0.0, "peak_shard_buffers": 0}
     for start, stop in units:
         writer.shard_index(start, stop)  # only whole shards: one writer per shard
-    rows_ds = ImageRows("/", paths, extractor.preprocess)
+    rows_ds = ImageRows("/", paths, extractor.preprocess, extractor.face_step)
     batches = iter(make_loader(rows_ds, units, batch_size, workers, pin=extractor.device.type == "cuda"))
     sink = ShardSink(writer, units)  # started after the decode workers exist
-    rows_done = skipped = 0
+    rows_done = skipped = several = 0
     try:
         for rows, x, ok, reasons, digs in batches:
             feats, flips = extractor(x, pad_to=batch_size)
@@ -35,6 +35,7 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
                 if flips is not None:
                     flips[~ok] = 0
                 skipped += int((~ok).sum())
+            several += sum(1 for k, r in zip(ok, reasons) if k and r)  # the face stage's "N faces" notes
             sink.put((rows.numpy(), feats, flips, ok, list(reasons), list(digs)))
             rows_done += len(rows)
             if on_rows:
@@ -45,7 +46,7 @@ def run_units(writer: StoreWriter, extractor: Extractor, units: list[tuple[int, 
             with contextlib.suppress(Exception):
                 sink.q.put_nowait(None)
         del batches
-    return {"rows": rows_done, "skipped": skipped, "wall_s": time.perf_counter() - t0,
+    return {"rows": rows_done, "skipped": skipped, "several_faces": several, "wall_s": time.perf_counter() - t0,
             "peak_shard_buffers": sink.peak_buffers}
 
 
@@ -80,7 +81,8 @@ def check_extractor(writer: StoreWriter, ex: Extractor | dict) -> None:
     info = ex.info() if isinstance(ex, Extractor) else ex
     a = writer.attrs
     got = {"release": info["release"], "weights_sha256": info["weights_sha256"], "tap": info["tap"],
-           "preprocess": info["preprocess"], "precision": info["precision"], "dim": list(info["dim"])}
+           "preprocess": info["preprocess"], "precision": info["precision"], "dim": list(info["dim"]),
+           "faces": info.get("faces")}
     if isinstance(ex, Extractor):
         got.update(dtype=ex.dtype, flip=ex.flip)
     for k, v in got.items():

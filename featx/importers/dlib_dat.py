@@ -8,13 +8,17 @@ The encodings (dlib/serialize.h, dlib/float_details.h, dlib/cuda/tensor.h):
   bool     one ASCII byte, '1' or '0'
   tensor   version 2, num_samples, k, nr, nc (integers), then the values as float32 little-endian
   alias    (a shape without data) version 1, num_samples, k, nr, nc
-A network serialises from the outside in (dlib/dnn/core.h): the loss layer (version 1, its details),
+A network serialises from the outside in (dlib/dnn/core.h): the loss layer (version 1, its details;
+loss_mmod_ adds its mmod_options: detector windows, losses, the NMS overlap test),
 then every wrapper writes its version number before its subnetwork, so a run of small integers comes
 first (add_layer 2, tag and skip layers 1; the one next to the input 2 or 3). After the input layer's
 details come each layer's details in forward order, each followed by three bools and three tensors
 (gradient/output caches, normally empty). Tag/skip layers write nothing but their version, so the wiring
 (which tag a skip or add_prev refers to) is not in the file: the family module that reads these layers
-knows its network (featx.backbones.dlib_resnet).
+knows its network (featx.backbones.dlib_resnet, featx.faces.detect).
+Training-time layers are read as dlib's own deserialize reads them for inference: bn_con2 (batch norm,
+dlib/dnn/layers.h) becomes the affine layer it converts to, scale = gamma / sqrt(running var + eps) and
+shift = beta - scale * running mean.
 """
 
 from __future__ import annotations
@@ -46,6 +50,22 @@ class DatLayer:
 
 
 @dataclass
+class MmodOptions:
+    """loss_mmod_'s options (dlib/dnn/loss.h mmod_options, versions 1..4)."""
+
+    windows: list[tuple[int, int, str]]  # detector windows: (width, height, label), one output channel each
+    loss_per_false_alarm: float
+    loss_per_missed_target: float
+    truth_match_iou: float
+    nms: tuple[float, float]  # test_box_overlap: (iou_thresh, percent_covered_thresh)
+    ignore: tuple[float, float]
+    image_pyramid: bool = True  # assume_image_pyramid
+    bbr: bool = False  # use_bounding_box_regression (then 4 more output channels per window)
+    bbr_lambda: float = 100.0
+    version: int = 1
+
+
+@dataclass
 class DatNet:
     loss: str
     input: str
@@ -53,6 +73,8 @@ class DatNet:
     size: tuple[int, int] | None  # input_rgb_image_sized<NR, NC>
     layers: list[DatLayer] = field(default_factory=list)  # forward order (next to the input first)
     versions: list[int] = field(default_factory=list)  # the wrappers' version numbers, outermost first
+    mmod: MmodOptions | None = None  # loss_mmod_ only
+    pyramid_padding: tuple[int, int] | None = None  # input_rgb_image_pyramid: (padding, outer padding)
 
 
 class _Reader:
@@ -139,6 +161,24 @@ def _affine(r: _Reader, rec: str) -> DatLayer:
     return DatLayer("affine", rec, params, gamma, mode=mode, disabled=disabled)
 
 
+def _bn_con(r: _Reader, rec: str) -> DatLayer:
+    """bn_con2 (batch norm over channels) as the affine layer dlib converts it to for inference."""
+    params = r.tensor().reshape(-1).astype(np.float64)
+    gamma, _ = r.alias(), r.alias()
+    r.tensor(), r.tensor()  # batch means, inverse stds (training state)
+    mean, var = r.tensor().reshape(-1).astype(np.float64), r.tensor().reshape(-1).astype(np.float64)
+    r.int(), r.int()  # num_updates, running_stats_window_size
+    for _ in range(4):
+        r.float()
+    eps = r.float()
+    k = gamma[1]
+    if params.size != 2 * k or mean.size != k or var.size != k or gamma[2:] != (1, 1) or np.any(var + eps <= 0):
+        raise r.fail(f"bn_con2 of {params.size} values for {k} channels ({mean.size} means, {var.size} variances)")
+    scale = params[:k] / np.sqrt(var + eps)
+    shift = params[k:] - scale * mean
+    return DatLayer("affine", rec, np.concatenate([scale, shift]).astype(np.float32), gamma, mode=0)
+
+
 def _pool(r: _Reader, rec: str) -> DatLayer:
     window, stride, padding = (r.int(), r.int()), (r.int(), r.int()), (r.int(), r.int())
     return DatLayer(rec.rsplit("_", 1)[0], rec, window=window, stride=stride, padding=padding)
@@ -163,6 +203,8 @@ def _details(r: _Reader) -> DatLayer:
         return _con(r, rec)
     if rec in ("affine_", "affine_2"):
         return _affine(r, rec)
+    if rec == "bn_con2":
+        return _bn_con(r, rec)
     if rec in ("relu_", "relu_2"):
         return DatLayer("relu", rec, disabled=r.bool() if rec == "relu_2" else False)
     if rec in ("max_pool_2", "avg_pool_2"):
@@ -171,7 +213,7 @@ def _details(r: _Reader) -> DatLayer:
         return DatLayer("add_prev", rec)
     if rec in ("fc_2", "fc_3"):
         return _fc(r, rec)
-    raise r.fail(f"layer {rec!r} is not supported (featx reads con, affine, relu, max/avg pool, add_prev, fc)")
+    raise r.fail(f"layer {rec!r} is not supported (featx reads con, affine, bn_con, relu, max/avg pool, add_prev, fc)")
 
 
 def _layer(r: _Reader, caches: int) -> DatLayer:
@@ -184,16 +226,50 @@ def _layer(r: _Reader, caches: int) -> DatLayer:
     return layer
 
 
-def _input(r: _Reader) -> tuple[str, tuple[float, float, float], tuple[int, int] | None]:
+INPUTS = ("input_rgb_image", "input_rgb_image_sized", "input_rgb_image_pyramid", "input_rgb_image_pyramid2")
+
+
+def _input(r: _Reader, net: DatNet) -> None:
     name = r.string()
-    if name not in ("input_rgb_image", "input_rgb_image_sized"):
-        raise r.fail(f"input layer {name!r} is not supported (featx reads input_rgb_image[_sized])")
-    mean = (r.float(), r.float(), r.float())
-    size = (r.int(), r.int()) if name == "input_rgb_image_sized" else None
-    return name, mean, size
+    if name not in INPUTS:
+        raise r.fail(f"input layer {name!r} is not supported (featx reads {', '.join(INPUTS)})")
+    net.input = name.rstrip("2")
+    net.mean = (r.float(), r.float(), r.float())
+    if name == "input_rgb_image_sized":
+        net.size = (r.int(), r.int())
+    elif name == "input_rgb_image_pyramid2":
+        net.pyramid_padding = (r.int(), r.int())
+    elif name == "input_rgb_image_pyramid":  # the first version wrote no padding: dlib's defaults
+        net.pyramid_padding = (10, 11)
 
 
-def _loss(r: _Reader) -> str:
+def _window(r: _Reader) -> tuple[int, int, str]:
+    v = r.int()
+    if v not in (1, 2):
+        raise r.fail(f"detector window version {v}")
+    return r.int(), r.int(), r.string() if v == 2 else ""
+
+
+def _mmod_options(r: _Reader) -> MmodOptions:
+    v = r.int()
+    if not 1 <= v <= 4:
+        raise r.fail(f"mmod_options version {v}")
+    if v == 1:
+        windows = [(r.int(), r.int(), "")]
+    else:
+        windows = [_window(r) for _ in range(r.int())]
+    o = MmodOptions(windows, r.float(), r.float(), r.float(), (r.float(), r.float()), (r.float(), r.float()),
+                    version=v)
+    if v >= 3:
+        o.image_pyramid = bool(r.take(1)[0])  # a uint8 enum: one raw byte
+    if v >= 4:
+        o.bbr, o.bbr_lambda = r.bool(), r.float()
+    if not windows or any(w <= 0 or h <= 0 for w, h, _ in windows):
+        raise r.fail(f"mmod detector windows {windows}")
+    return o
+
+
+def _loss(r: _Reader, net: DatNet) -> None:
     if r.int() != 1:
         raise r.fail("no dlib loss layer (version 1) at the start")
     loss = r.string()
@@ -201,15 +277,18 @@ def _loss(r: _Reader) -> str:
         raise r.fail(f"{loss!r} is not a dlib loss layer")
     if loss == "loss_metric_2":  # margin, distance threshold
         r.float(), r.float()
+    elif loss == "loss_mmod_":
+        net.mmod = _mmod_options(r)
     elif loss not in ("loss_metric_",):
-        raise r.fail(f"loss layer {loss!r} is not supported (featx reads loss_metric)")
-    return loss
+        raise r.fail(f"loss layer {loss!r} is not supported (featx reads loss_metric, loss_mmod)")
+    net.loss = loss
 
 
 def read_net(data: bytes, what: str) -> DatNet:
-    """A serialised dlib network (loss_metric over add_layers on an RGB input) -> its layers, in order."""
+    """A serialised dlib network (loss_metric or loss_mmod over add_layers on an RGB input) -> its layers."""
     r = _Reader(data, what)
-    loss = _loss(r)
+    net = DatNet("", "", (0.0, 0.0, 0.0), None)
+    _loss(r, net)
     versions = []
     while True:  # wrapper versions are 1..3; the input layer's name length (> 3) ends the run
         start = r.pos
@@ -220,14 +299,15 @@ def read_net(data: bytes, what: str) -> DatNet:
         versions.append(v)
     if not versions or versions[-1] not in (2, 3) or any(v not in (1, 2) for v in versions[:-1]):
         raise r.fail(f"unexpected layer versions {versions[:8]}...")
-    name, mean, size = _input(r)
+    _input(r, net)
     layers = [_layer(r, 3)]  # the layer next to the input: x_grad, cached_output, grad_final
     if versions[-1] == 3:
         r.int()  # its sample expansion factor
     layers += [_layer(r, 3) for _ in range(versions[:-1].count(2))]  # x_grad, cached_output, params_grad
     if r.pos != len(r.data):
         raise r.fail(f"{len(r.data) - r.pos} bytes left after the last layer")
-    return DatNet(loss, name, mean, size, layers, versions)
+    net.layers, net.versions = layers, versions
+    return net
 
 
 def read_net_file(path: str | Path) -> DatNet:
