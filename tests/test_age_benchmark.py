@@ -32,7 +32,8 @@ class Store:
         self.classes, self.tap, self.name, self.root = ["female", "male"], "embedding+pooled", "fake.zarr", root
         self.split = np.array(["train", "train", "train", "val", "test"])[np.arange(n) % 5]
         self.paths = np.asarray([f"img/{i:03d}.png" for i in range(n)])
-        self.extras = {"age": age.astype(str), "race": race.astype(str)}
+        self.extras = {"age": age.astype(str), "race": race.astype(str),
+                       "source": np.where(np.arange(n) % 3 == 0, "utkface_extra", "utkface")}
         self.attrs = {"release": "dlib.resnet", "tap": self.tap}
         self.dim, self.has_flip = (12,), False
 
@@ -60,11 +61,15 @@ def test_age_benchmark_tables_and_peer(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(age_benchmark, "open_store", lambda path: store)
     monkeypatch.setattr(age_benchmark, "SLICES", {"first 4 columns": 4})
     monkeypatch.setattr(sys, "argv", ["age_benchmark.py", "--store", "fake.zarr", "--out", str(tmp_path / "out"),
-                                      "--heads", "ridge,sgd-regress", "--peer-python", str(peer_python)])
+                                      "--heads", "ridge,sgd-regress", "--peer-python", str(peer_python),
+                                      "--utk-only", "ridge", "--reweight", "ridge"])
     age_benchmark.main()
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     ages = {r["head"]: r for r in res["age"]}
-    assert set(ages) == {"ridge", "sgd-regress", "ridge on first 4 columns"}
+    only = "ridge, utkface rows only (120 train)"  # 180 train rows, a third from utkface_extra
+    assert set(ages) == {"ridge", "sgd-regress", "ridge on first 4 columns", only, "ridge, age-band weights"}
+    assert ages["ridge, age-band weights"]["mae"] < 3.0 and res["band_weights"]
+    assert ages[only]["mae"] < 3.0
     assert ages["ridge"]["mae"] < 2.0 and ages["ridge"]["mae_interval"][0] <= ages["ridge"]["mae"]
     assert ages["ridge"]["children_mae"] is not None and "0-12" in ages["ridge"]["bands"]
     assert (tmp_path / "out" / "heads" / "age-ridge" / "head.json").is_file()
@@ -78,3 +83,16 @@ def test_age_benchmark_tables_and_peer(tmp_path, monkeypatch, capsys):
     assert abs(peer["detect"]["mae"] - want) < 1e-9 and abs(peer["box"]["mae"] - np.abs(30 - test_age).mean()) < 1e-9
     out = capsys.readouterr().out
     assert "| ridge |" in out and "peer (detect)" in out and "race (logreg" in out
+
+
+def test_band_weights_give_the_pooled_rows_the_source_mix():
+    import age_benchmark
+
+    ages = np.array([5, 5, 30, 30, 30, 30, 30, 30, 70, 70.0])
+    source = np.array(["u", "u", "u", "x", "x", "x", "x", "x", "u", "x"])
+    d = age_benchmark.Data(X={}, age={"train": ages}, race={}, gender={}, paths={}, source={"train": source},
+                           classes=[], tap="")
+    w = age_benchmark.band_weights(d, "train", "u")
+    bands = np.array(["0-12"] * 2 + ["20-39"] * 6 + ["60+"] * 2)
+    for b, want in (("0-12", 0.5), ("20-39", 0.25), ("60+", 0.25)):  # utkface rows: 2 of 4 children, ...
+        assert np.isclose(w[bands == b].sum() / w.sum(), want)

@@ -11,7 +11,7 @@ import pytest
 from featx.errors import FeatxError
 from featx.heads import HEADS, load_head, make_head, save_head
 from featx.heads.card import card_task
-from featx.heads.regression import Targets, forward, inverse
+from featx.heads.regression import Targets, forward, inverse, val_scores
 from featx.heads.sgd import array_reader
 from featx.metrics import regression_interval_block, regression_intervals, regression_metrics, weighted_regression
 
@@ -260,3 +260,44 @@ def test_ties_in_val_mae_go_to_the_lower_rmse():
 
     rows = {1: {"score": -2.0, "val_mae": 2.0, "val_rmse": 3.0}, 2: {"score": -2.0, "val_mae": 2.0, "val_rmse": 2.5}}
     assert grid_search({"a": [1, 2]}, lambda p: ({}, rows[p["a"]])).best == {"a": 2}
+
+
+@pytest.mark.parametrize("max_primal", [4096, 5])  # the eigen path and scikit-learn's Ridge
+def test_ridge_sample_weights_equal_repeated_rows(max_primal):
+    X, y = linear_data(n=300, noise=2.0)
+    grid = {"alpha": [0.1], "transform": ["identity"]}
+    w = np.ones(200)
+    w[:50] = 2.0
+    weighted = make_head("ridge", grid=grid, max_primal=max_primal).fit(X[:200], y[:200], X[200:250], y[200:250],
+                                                                        sample_weight=w)
+    rep = np.concatenate([np.arange(200), np.arange(50)])
+    repeated = make_head("ridge", grid=grid, max_primal=max_primal).fit(X[rep], y[rep], X[200:250], y[200:250])
+    plain = make_head("ridge", grid=grid, max_primal=max_primal).fit(X[:200], y[:200], X[200:250], y[200:250])
+    assert np.allclose(weighted.predict(X[250:]), repeated.predict(X[250:]), atol=1e-8)
+    assert not np.allclose(weighted.predict(X[250:]), plain.predict(X[250:]), atol=1e-3)
+    assert weighted.selection_["weighted"] == {"train": True, "val": False}
+
+
+def test_rbf_ridge_weights_move_the_fit_toward_the_weighted_rows():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 3))
+    group = X[:, 0] > 0
+    y = np.where(group, 60.0, 20.0) + 5 * X[:, 1]
+    y_biased = np.where(group, y + 10, y)  # the two groups disagree: weights decide which one the fit follows
+    w = np.where(group, 10.0, 1.0)
+    kw = {"n_landmarks": 100, "grid": {"alpha": [1.0], "gamma": [0.05], "transform": ["identity"]}}
+    a = make_head("rbf-ridge", **kw).fit(X[:200], y_biased[:200], X[200:], y_biased[200:], sample_weight=w[:200])
+    b = make_head("rbf-ridge", **kw).fit(X[:200], y_biased[:200], X[200:], y_biased[200:])
+    heavy = group[200:]
+    assert np.mean(np.abs(a.predict(X[200:])[heavy] - y_biased[200:][heavy])) < \
+        np.mean(np.abs(b.predict(X[200:])[heavy] - y_biased[200:][heavy]))
+
+
+def test_weights_are_refused_where_not_supported_or_malformed():
+    X, y = linear_data(n=60)
+    with pytest.raises(FeatxError, match="takes no sample weights"):
+        make_head("sgd-regress").fit(X, y, sample_weight=np.ones(60))
+    with pytest.raises(FeatxError, match="sample_weight must be 60 finite"):
+        make_head("ridge").fit(X, y, sample_weight=-np.ones(60))
+    v = val_scores(np.array([0.0, 0.0]), np.array([1.0, 3.0]), np.array([3.0, 1.0]))
+    assert v["val_mae"] == pytest.approx(1.5) and v["score"] == -v["val_mae"]

@@ -102,3 +102,26 @@ def test_evaluate_regression_scores_rows_with_a_value_and_counts_the_rest(tmp_pa
     assert (tmp_path / "rep" / "report.html").is_file()
     with pytest.raises(FeatxError, match="no column 'height'"):
         target_values(store, "height")
+
+
+def test_featx_evaluate_sends_a_regression_head_to_its_report(tmp_path):
+    from test_heads import FakeStore
+
+    from featx.heads import save_head
+    from featx.provenance import provenance
+    from featx.report import evaluate, summary_table
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(150, 6)).astype(np.float32)
+    age = np.clip(40 + 15 * X[:, 1], 1, 90).round()
+    store = FakeStore(X, np.zeros(150, np.int64), ["a", "b"], extras={"age": age.astype(str)})
+    tr, va = store.indices("train"), store.indices("val")
+    head = make_head("ridge").fit(X[tr], age[tr], X[va], age[va])
+    save_head(head, tmp_path / "age", {"target": "age", "provenance": provenance(store)})
+    m = evaluate(tmp_path / "age", store, split="test", by="age")
+    out = tmp_path / "age" / "report-fake-test"
+    assert m["task"] == "regress" and m["context"]["report"] == str(out) and (out / "report.html").is_file()
+    assert json.loads((out / "metrics.json").read_text())["mae"] == pytest.approx(m["mae"])
+    table = summary_table(m)
+    assert table.splitlines()[0].split() == ["group", "n", "mae", "rmse", "r2", "within_5", "bias"]
+    assert "age=20-39" in table

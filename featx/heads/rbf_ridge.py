@@ -23,7 +23,7 @@ from .registry import register_head
 from .regression import TRANSFORMS, RegressionHead
 from .ridge import RidgePath
 
-ALPHA_GRID = [1e-5, 1e-4, 1e-3, 1e-2]  # penalty per training row (mean squared error + alpha |f|^2)
+ALPHA_GRID = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]  # penalty per training row (mean squared error + alpha |f|^2)
 
 
 def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -> np.ndarray:
@@ -53,6 +53,7 @@ class RBFRidgeHead(RegressionHead):
     """Kernel ridge regression with an RBF kernel (Nystroem, `n_landmarks` landmark rows)."""
 
     kind = "rbf-ridge"
+    takes_weights = True
     default_grid = {"alpha": ALPHA_GRID, "gamma": None, "transform": list(TRANSFORMS)}  # gamma filled from dim
     n_landmarks: int = 2000
     eig_cut: float = 1e-10  # drop directions of k(L, L) below eig_cut * its largest eigenvalue
@@ -69,19 +70,22 @@ class RBFRidgeHead(RegressionHead):
             return
         m = min(int(self.n_landmarks), len(Z))
         pick = np.sort(np.random.default_rng(self.seed).choice(len(Z), m, replace=False))
-        self._work = (np.ascontiguousarray(Z[pick]), Z, Zv, {k: t.t for k, t in targets.items()})
+        weight = next(iter(targets.values())).weight
+        self._work = (np.ascontiguousarray(Z[pick]), Z, Zv, {k: t.t for k, t in targets.items()}, weight)
         self.n_landmarks_ = m
 
     def _map(self, gamma: float) -> NystroemMap:
         """The Nystroem map and ridge path for one gamma, built once per gamma of the grid."""
         if gamma not in self._maps:
-            L, Z, Zv, ts = self._work
+            L, Z, Zv, ts, weight = self._work
             e, U = np.linalg.eigh(rbf_kernel(L, L, gamma))
             keep = e > self.eig_cut * e.max()
             T = U[:, keep] / np.sqrt(e[keep])
             C = rbf_kernel(Z, L, gamma)
-            CtC, c_mean = C.T @ C, C.mean(axis=0)
-            rhs = {k: T.T @ (C.T @ t) for k, t in ts.items()}
+            Cw = C if weight is None else C * weight[:, None]
+            CtC, c_mean = Cw.T @ C, Cw.mean(axis=0)
+            rhs = {k: T.T @ (Cw.T @ t) for k, t in ts.items()}
+            del Cw
             del C
             path = RidgePath(T.T @ CtC @ T, c_mean @ T, len(Z), rhs)
             self._maps[gamma] = NystroemMap(T, path, rbf_kernel(Zv, L, gamma) @ T)

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.base import RegressorMixin
 
 from ..errors import FeatxError
-from .base import Estimator, Standardiser, as_2d
+from .base import Estimator, Standardiser, as_2d, safe_scale
 from .select import grid_search
 
 TRANSFORMS = ("identity", "log1p")
@@ -82,23 +82,36 @@ class Targets:
     t: np.ndarray
     mean: float
     scale: float
+    weight: np.ndarray | None = None  # per-row weights (mean 1), or None: every row counts once
 
     @classmethod
-    def make(cls, transform: str, y: np.ndarray) -> "Targets":
+    def make(cls, transform: str, y: np.ndarray, weight: np.ndarray | None = None) -> "Targets":
+        """Standardised with the (weighted) mean and standard deviation of T(y)."""
         t = forward(transform, y)
-        mean, scale = float(t.mean()), float(t.std())
+        mean = float(np.average(t, weights=weight))
+        scale = float(np.sqrt(np.average((t - mean) ** 2, weights=weight)))
         scale = scale if scale > 1e-12 else 1.0
-        return cls(transform, (t - mean) / scale, mean, scale)
+        return cls(transform, (t - mean) / scale, mean, scale, weight)
 
     def to_units(self, t_std: np.ndarray) -> np.ndarray:
         return inverse(self.transform, np.asarray(t_std, np.float64) * self.scale + self.mean)
 
 
-def val_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """The selection row of one grid point: score = -MAE, and RMSE for ties."""
+def val_scores(y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:
+    """The selection row of one grid point: score = -MAE (weighted when val rows have weights), RMSE for ties."""
     err = np.asarray(pred, np.float64) - np.asarray(y, np.float64)
-    mae = float(np.mean(np.abs(err)))
-    return {"score": -mae, "val_mae": mae, "val_rmse": float(np.sqrt(np.mean(err ** 2)))}
+    mae = float(np.average(np.abs(err), weights=weight))
+    return {"score": -mae, "val_mae": mae, "val_rmse": float(np.sqrt(np.average(err ** 2, weights=weight)))}
+
+
+def check_weights(w, n: int, what: str) -> np.ndarray | None:
+    """None, or finite non-negative weights [n] with a positive sum, scaled to mean 1."""
+    if w is None:
+        return None
+    w = np.asarray(w, np.float64).reshape(-1)
+    if len(w) != n or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise FeatxError(f"{what} must be {n} finite, non-negative numbers with a positive sum")
+    return w * (n / w.sum())
 
 
 @dataclass(eq=False, repr=False)
@@ -120,26 +133,39 @@ class RegressionHead(RegressorMixin, Estimator):
 
     task: ClassVar[str] = "regress"
     choice_metric: ClassVar[str | None] = "mae"  # score = -val_mae
+    takes_weights: ClassVar[bool] = False  # fit(..., sample_weight=, val_weight=) supported
 
     # --- estimator API ---
-    def fit(self, X, y, X_val=None, y_val=None) -> "RegressionHead":
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight=None, val_weight=None) -> "RegressionHead":
         """Choose hyperparameters and the transform on (X_val, y_val), or on a random 20% holdout of
-        (X, y); the chosen model is the one fitted on (X, y) alone."""
+        (X, y); the chosen model is the one fitted on (X, y) alone. sample_weight / val_weight (heads
+        with takes_weights): per-row weights of the training loss and of the val MAE that chooses."""
         self.check_params()
         X, y = check_targets(X, y)
+        if (sample_weight is not None or val_weight is not None) and not self.takes_weights:
+            raise FeatxError(f"{self.kind} head takes no sample weights; use ridge or rbf-ridge")
+        w = check_weights(sample_weight, len(y), "sample_weight")
         on = "val"
         if X_val is None:
             if len(y) < 2:
                 raise FeatxError("need at least two rows to hold some out for the choice")
             tr, ho = random_holdout(len(y), 0.2, self.seed)
             X, X_val, y, y_val = X[tr], X[ho], y[tr], y[ho]
+            w, wv = (None, None) if w is None else (w[tr], w[ho])
             on = "holdout 20% of the training rows"
         else:
             X_val, y_val = check_targets(X_val, y_val)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter on tiny grids
-            self._fit(X, y, X_val, y_val)
+            wv = check_weights(val_weight, len(y_val), "val_weight")
+        self._weights = (w, wv)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence chatter on tiny grids
+                self._fit(X, y, X_val, y_val)
+        finally:
+            del self._weights
         self._selected_on(on)
+        if w is not None or wv is not None:
+            self.selection_["weighted"] = {"train": w is not None, "val": wv is not None}
         return self
 
     def predict(self, X) -> np.ndarray:
@@ -150,11 +176,16 @@ class RegressionHead(RegressorMixin, Estimator):
 
     # --- the search ---
     def _fit(self, X, y, X_val, y_val) -> None:
-        self.scaler_ = Standardiser.fit(X)
+        w, _ = getattr(self, "_weights", (None, None))
+        if w is None:
+            self.scaler_ = Standardiser.fit(X)
+        else:  # weighted mean and variance: weight k counts as k copies of the row
+            mean = np.average(X, axis=0, weights=w)
+            self.scaler_ = Standardiser(mean, safe_scale(np.average((X - mean) ** 2, axis=0, weights=w)))
         Z, Zv = self.scaler_(X), self.scaler_(X_val)
         self.target_range_ = np.asarray([y.min(), y.max()], np.float64)
         grid = self._transform_grid(self.search_grid(Z.shape[1]), np.concatenate([y, y_val]))
-        targets = {t: Targets.make(t, y) for t in grid["transform"]}
+        targets = {t: Targets.make(t, y, w) for t in grid["transform"]}
         self._prepare(Z, Zv, grid, targets)
         try:
             self._record(grid_search(grid, lambda p: self._score_point(Z, targets[p["transform"]], Zv, y_val, p)))
@@ -166,7 +197,7 @@ class RegressionHead(RegressorMixin, Estimator):
         state, val_std, extra = self._fit_point(Z, targets, Zv, y_val, point)
         state = {**state, "target_mean_": targets.mean, "target_scale_": targets.scale}
         pred = np.clip(targets.to_units(val_std), *self.target_range_)
-        return state, {**val_scores(y_val, pred), **extra}
+        return state, {**val_scores(y_val, pred, getattr(self, "_weights", (None, None))[1]), **extra}
 
     def _transform_grid(self, grid: dict, y: np.ndarray) -> dict:
         """Check the transform grid; drop log1p (and say so) when a target is <= -1."""

@@ -33,9 +33,12 @@ class RidgePath:
         self.proj = {k: self.evecs.T @ v for k, v in rhs.items()}
 
     @classmethod
-    def of(cls, F: np.ndarray, targets: dict[str, np.ndarray]) -> "RidgePath":
+    def of(cls, F: np.ndarray, targets: dict[str, np.ndarray], weight: np.ndarray | None = None) -> "RidgePath":
+        """weight (mean 1): row weights of the squared loss, whose weighted sum the targets' zero is."""
         F = np.asarray(F, np.float64)
-        return cls(F.T @ F, F.mean(axis=0), len(F), {k: F.T @ t for k, t in targets.items()})
+        Fw = F if weight is None else F * weight[:, None]
+        mean = Fw.mean(axis=0)
+        return cls(Fw.T @ F, mean, len(F), {k: Fw.T @ t for k, t in targets.items()})
 
     def solve(self, name: str, penalty: float) -> tuple[np.ndarray, float]:
         """(w, b) minimising |F w + b - t|^2 + penalty |w|^2 for the right-hand side `name`."""
@@ -50,12 +53,14 @@ class RidgeHead(RegressionHead):
 
     kind = "ridge"
     default_grid = {"alpha": ALPHA_GRID, "transform": list(TRANSFORMS)}
+    takes_weights = True
     max_primal: int = 4096
 
     def _prepare(self, Z, Zv, grid, targets) -> None:
         self._path = None
         if Z is not None and Z.shape[1] <= self.max_primal:
-            self._path = RidgePath.of(Z, {name: tg.t for name, tg in targets.items()})
+            weight = next(iter(targets.values())).weight
+            self._path = RidgePath.of(Z, {name: tg.t for name, tg in targets.items()}, weight)
 
     def _fit_point(self, Z, targets, Zv, yv, point):
         penalty = point["alpha"] * len(Z)
@@ -64,7 +69,7 @@ class RidgeHead(RegressionHead):
         else:
             from sklearn.linear_model import Ridge
 
-            m = Ridge(alpha=penalty).fit(Z, targets.t)
+            m = Ridge(alpha=penalty).fit(Z, targets.t, sample_weight=targets.weight)
             w, b = np.asarray(m.coef_, np.float64), float(m.intercept_)
         return {"coef_": w, "intercept_": b}, Zv @ w + b, {}
 
