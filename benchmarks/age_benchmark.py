@@ -152,7 +152,7 @@ def band_weights(d: Data, split: str, source: str = "utkface") -> np.ndarray:
     """Per-row weights that give the split's rows the age-band mix of its `source` rows (importance
     weights for the shift utkface_extra brings: 67% aged 20-39 against utkface's 27%). Computed from the
     train and val labels only; the test split is never looked at."""
-    bands = bucket_column(d.age[split].astype(str), "age")
+    bands = bucket_column(d.age[split].astype(str), AGE_BINS)
     mine = bands[d.source[split] == source]
     w = np.zeros(len(bands))
     for b in np.unique(bands):
@@ -164,8 +164,8 @@ def band_weights(d: Data, split: str, source: str = "utkface") -> np.ndarray:
 def reweighted(d: Data, kinds, res: dict, out: Path) -> None:
     """The heads fitted with age-band weights on the train rows (loss) and the val rows (the choice)."""
     w, wv = band_weights(d, "train"), band_weights(d, "val")
-    res["band_weights"] = {b: float(w[bucket_column(d.age["train"].astype(str), "age") == b][0])
-                           for b in np.unique(bucket_column(d.age["train"].astype(str), "age"))}
+    res["band_weights"] = {b: float(w[bucket_column(d.age["train"].astype(str), AGE_BINS) == b][0])
+                           for b in np.unique(bucket_column(d.age["train"].astype(str), AGE_BINS))}
     for kind in kinds:
         t0 = time.perf_counter()
         head = make_head(kind, **PARAMS.get(kind, {})).fit(d.X["train"], d.age["train"], d.X["val"], d.age["val"],
