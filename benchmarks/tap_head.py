@@ -4,7 +4,7 @@
         --head logreg --out /work/data/heads/utk-both-dlib-embedding-logreg
 
 The store's tap is a '+' join; features are concatenated in that order, so `--tap` must be one or more of its
-leading parts. The head is trained by featx.heads.train (the same code as `featx train-head`: train split,
+leading parts. The head is trained by featx.training.train (the same code as `featx train-head`: train split,
 C chosen on the val split) on a view of the store that shows only those columns, and its card records the
 narrower tap, so `featx predict` and benchmarks/lfw_settings.py extract just that tap for it.
 
@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from featx.extract import Extractor
-from featx.heads import train
+from featx.training import train
 from featx.store import FeatureStore, store_name
 
 

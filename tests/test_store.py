@@ -28,7 +28,7 @@ def manifest(tmp_path, n=N) -> Manifest:
 
 def identity(**kw) -> dict:
     d = {"release": "vgg16.hed", "weights_sha256": "w" * 64, "tap": "pool5-gap",
-         "preprocess": {"size": 32, "mean": [1.0, 2.0, 3.0]}, "dtype": "float32", "flip": False}
+         "preprocess": {"size": 32, "mean": [1.0, 2.0, 3.0]}, "dtype": "float32", "flip": False, "faces": None}
     d.update(kw)
     return d
 
