@@ -107,7 +107,8 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     given_store = store if isinstance(store, (str, Path)) else None
     base = head_set(card, open_store(store), targets)
     target = card.get("target")  # cards before targets: the store's label (or the regress report's column)
-    store = use_target(base, target, card_task(card)) if target else base
+    regress = card_task(card) == "regress"  # its report reads the target itself (any store, old or new)
+    store = use_target(base, target, card_task(card)) if target and not regress else base
     check_compatible(card, dict(store.attrs))
     check_split(split)
     columns = parse_by(by)
@@ -115,7 +116,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
     if report_dir is None:
         report_dir = Path(head_dir) / f"report-{store_label(store, given_store)}-{split}"
     name = str(getattr(store, "name", given_store))
-    if card_task(card) == "regress":
+    if regress:
         from .regression import RegressionEval, evaluate_regression
 
         e = RegressionEval(head, card, str(head_dir), base, split, columns, name, given)
