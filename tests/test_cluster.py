@@ -99,7 +99,8 @@ def test_extractor_cache_loads_once_per_process(tiny_weights, tmp_path, monkeypa
     monkeypatch.setattr(fc, "_EXTRACTORS", {})
     monkeypatch.setattr(fc, "_STATS", fc.Counter())
     spec = {"backbone": "vgg16.hed", "weights": str(tiny_weights), "weights_sha256": None, "tap": "pool5-gap",
-            "device": "cpu", "precision": "auto", "dtype": "float16", "flip": False, "compile": False}
+            "device": "cpu", "precision": "auto", "dtype": "float16", "flip": False, "compile": False,
+            "faces": None}
     ex = fc.get_extractor(spec)  # what the probe asks: precision and sha not yet known
     resolved = {**spec, "precision": ex.precision, "weights_sha256": ex.weights_sha256}
     assert fc.get_extractor(resolved) is ex and fc.get_extractor(spec) is ex  # what every later task asks
