@@ -17,7 +17,7 @@ from sklearn.linear_model import SGDRegressor
 
 from ..errors import FeatxError
 from .registry import register_head
-from .regression import TRANSFORMS, RegressionHead, Targets, random_holdout, val_scores
+from .regression import TRANSFORMS, LinearRegressionHead, Targets, random_holdout, val_scores
 from .select import grid_search
 from .sgd import Mixer, Reader, array_reader, first_pass
 
@@ -37,7 +37,7 @@ class RegStream:
 
 @register_head
 @dataclass(eq=False, repr=False)
-class SGDRegressHead(RegressionHead):
+class SGDRegressHead(LinearRegressionHead):
     kind = "sgd-regress"
     default_grid = {"alpha": [1e-5, 1e-4, 1e-3], "transform": list(TRANSFORMS)}
     loss: str = "squared_error"
@@ -119,12 +119,3 @@ class SGDRegressHead(RegressionHead):
             preds.append(np.clip(tg.to_units(self.scaler_(X) @ coef + intercept), *self.target_range_))
             truth.append(s.y[np.asarray(rows)])
         return val_scores(np.concatenate(truth), np.concatenate(preds))
-
-    def _predict_std(self, Z: np.ndarray) -> np.ndarray:
-        return Z @ self.coef_ + self.intercept_
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": np.asarray(self.coef_, np.float64), "intercept": np.asarray([self.intercept_], np.float64)}
-
-    def _load(self, arrays) -> None:
-        self.coef_, self.intercept_ = arrays["coef"], float(arrays["intercept"][0])
