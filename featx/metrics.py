@@ -188,28 +188,34 @@ def weighted_metrics(y, proba, w: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _bootstrap(n: int, metrics_of, keys, n_boot: int, seed: int, level: float,
+               chunk: int) -> dict[str, list[float] | None]:
+    """Percentile bootstrap over n rows: metrics_of(w) with w the [B, n] resampling counts -> {key: [B]}."""
+    draws = {key: [] for key in keys}
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:  # chunks bound the [B, n] weight matrix
+        b = min(chunk, n_boot - done)
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
+        for key, vals in metrics_of(w).items():
+            draws[key].append(vals)
+        done += b
+    tail = 100 * (1 - level) / 2
+    out = {}
+    for key in keys:
+        vals = np.concatenate(draws[key])
+        vals = vals[~np.isnan(vals)]
+        out[key] = [float(v) for v in np.percentile(vals, [tail, 100 - tail])] if vals.size else None
+    return out
+
+
 def bootstrap_intervals(y, proba, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL,
                         chunk: int = 200) -> dict[str, list[float] | None]:
     """Percentile bootstrap intervals {metric: [low, high]} (None when never defined), seeded."""
     y = np.asarray(y, np.int64)
     if len(y) == 0:
         return {key: None for key in INTERVAL_KEYS}
-    draws = {key: [] for key in INTERVAL_KEYS}
-    rng = np.random.default_rng(seed)
-    done = 0
-    while done < n_boot:  # chunks bound the [B, n] weight matrix
-        b = min(chunk, n_boot - done)
-        w = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=b).astype(np.float64)
-        for key, vals in weighted_metrics(y, proba, w).items():
-            draws[key].append(vals)
-        done += b
-    tail = 100 * (1 - level) / 2
-    out = {}
-    for key in INTERVAL_KEYS:
-        vals = np.concatenate(draws[key])
-        vals = vals[~np.isnan(vals)]
-        out[key] = [float(v) for v in np.percentile(vals, [tail, 100 - tail])] if vals.size else None
-    return out
+    return _bootstrap(len(y), lambda w: weighted_metrics(y, proba, w), INTERVAL_KEYS, n_boot, seed, level, chunk)
 
 
 def interval_block(y, proba, groups: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT,
@@ -422,22 +428,8 @@ def regression_intervals(y, pred, n_boot: int = N_BOOT, seed: int = SEED, level:
     y, pred = _as_pair(y, pred)
     if len(y) == 0:
         return {key: None for key in REGRESSION_KEYS}
-    draws = {key: [] for key in REGRESSION_KEYS}
-    rng = np.random.default_rng(seed)
-    done = 0
-    while done < n_boot:  # chunks bound the [B, n] weight matrix
-        b = min(chunk, n_boot - done)
-        w = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=b).astype(np.float64)
-        for key, vals in weighted_regression(y, pred, w).items():
-            draws[key].append(vals)
-        done += b
-    tail = 100 * (1 - level) / 2
-    out = {}
-    for key in REGRESSION_KEYS:
-        vals = np.concatenate(draws[key])
-        vals = vals[~np.isnan(vals)]
-        out[key] = [float(v) for v in np.percentile(vals, [tail, 100 - tail])] if vals.size else None
-    return out
+    return _bootstrap(len(y), lambda w: weighted_regression(y, pred, w), REGRESSION_KEYS, n_boot, seed, level,
+                      chunk)
 
 
 def regression_interval_block(y, pred, groups: dict[str, np.ndarray] | None = None, n_boot: int = N_BOOT,

@@ -6,6 +6,7 @@ Trains on the GPU when there is one; predicts with numpy from the saved float32 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -49,6 +50,56 @@ def layers_from_arrays(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
     return weights
 
 
+def build_net(d: int, hidden: list[int], out: int, dropout: float, device: str):
+    """Linear -> ReLU -> Dropout per hidden layer, then a Linear layer to `out` outputs."""
+    from torch import nn
+
+    layers = []
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]
+        d = h
+    layers.append(nn.Linear(d, out))
+    return nn.Sequential(*layers).to(device)
+
+
+@dataclass
+class Stopping:
+    """Mini-batch epochs with early stopping: at most max_epochs, stop after `patience` epochs without
+    a val score below the best - min_delta."""
+
+    batch_size: int
+    max_epochs: int
+    patience: int
+    min_delta: float
+
+
+def train_early_stopped(net, opt, Xt, gen, loss_of: Callable, val_score: Callable,
+                        stop: Stopping) -> tuple[list[np.ndarray], float, int]:
+    """Each epoch: shuffled batches of the rows of Xt (loss_of(indices) -> the batch loss), then
+    val_score(net) (lower is better). Returns (the best epoch's weights as float32, its score, the epoch)."""
+    import torch
+
+    best, best_epoch, best_state, bad = float("inf"), 0, None, 0
+    bs = int(stop.batch_size)
+    for epoch in range(1, int(stop.max_epochs) + 1):
+        net.train()
+        order = torch.randperm(len(Xt), generator=gen).to(Xt.device)
+        for s in range(0, len(order), bs):
+            opt.zero_grad(set_to_none=True)
+            loss_of(order[s:s + bs]).backward()
+            opt.step()
+        net.eval()
+        score = val_score(net)
+        if best_state is None or score < best - stop.min_delta:
+            best, best_epoch, bad = score, epoch, 0
+            best_state = [t.detach().cpu().numpy().copy() for t in net.state_dict().values()]
+        else:
+            bad += 1
+            if bad >= int(stop.patience):
+                break
+    return [np.ascontiguousarray(a, np.float32) for a in best_state], best, best_epoch
+
+
 @dataclass(eq=False, repr=False)
 class MLPHead(Head):
     kind = "mlp"
@@ -63,16 +114,6 @@ class MLPHead(Head):
     min_delta: float = 1e-4
     device: str = "auto"
 
-    def _net(self, d: int, hidden: list[int], device: str):
-        from torch import nn
-
-        layers = []
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(self.dropout)]
-            d = h
-        layers.append(nn.Linear(d, self.n_classes_))
-        return nn.Sequential(*layers).to(device)
-
     def _train_one(self, Z, y, Zv, yv, hidden: list[int]) -> tuple[list[np.ndarray], float, int]:
         """Train one network; returns (weights [W0, b0, W1, b1, ...], best val loss, best epoch)."""
         import torch
@@ -81,7 +122,7 @@ class MLPHead(Head):
         device = pick_device(self.device)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
-        net = self._net(Z.shape[1], hidden, device)
+        net = build_net(Z.shape[1], hidden, self.n_classes_, self.dropout, device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         w = torch.tensor(class_weights(y, self.n_classes_, self._weight_mode()), dtype=torch.float32, device=device)
         loss_fn = nn.CrossEntropyLoss(weight=w)
@@ -91,29 +132,15 @@ class MLPHead(Head):
         yt = torch.from_numpy(y).to(Xt.device)
         Xv = torch.from_numpy(Zv.astype(np.float32)).to(device)
         yv_t = torch.from_numpy(yv).to(device)
-        best, best_epoch, best_state, bad = float("inf"), 0, None, 0
-        bs = int(self.batch_size)
-        for epoch in range(1, int(self.max_epochs) + 1):
-            net.train()
-            order = torch.randperm(len(Xt), generator=gen).to(Xt.device)
-            for s in range(0, len(order), bs):
-                i = order[s:s + bs]
-                xb, yb = Xt[i].to(device), yt[i].to(device)
-                opt.zero_grad(set_to_none=True)
-                loss_fn(net(xb), yb).backward()
-                opt.step()
-            net.eval()
+
+        def val_loss(net) -> float:
             with torch.no_grad():
-                vloss = float(sum(loss_fn(net(Xv[s:s + 8192]), yv_t[s:s + 8192]).item() * len(yv_t[s:s + 8192])
-                                  for s in range(0, len(Xv), 8192)) / len(Xv))
-            if best_state is None or vloss < best - self.min_delta:
-                best, best_epoch, bad = vloss, epoch, 0
-                best_state = [t.detach().cpu().numpy().copy() for t in net.state_dict().values()]
-            else:
-                bad += 1
-                if bad >= int(self.patience):
-                    break
-        return [np.ascontiguousarray(a, np.float32) for a in best_state], best, best_epoch
+                return float(sum(loss_fn(net(Xv[s:s + 8192]), yv_t[s:s + 8192]).item() * len(yv_t[s:s + 8192])
+                                 for s in range(0, len(Xv), 8192)) / len(Xv))
+
+        stop = Stopping(self.batch_size, self.max_epochs, self.patience, self.min_delta)
+        return train_early_stopped(net, opt, Xt, gen, lambda i: loss_fn(net(Xt[i].to(device)), yt[i].to(device)),
+                                   val_loss, stop)
 
     def _fit_point(self, Z, y, Zv, yv, point):
         weights, vloss, epoch = self._train_one(Z, y, Zv, yv, list(point["hidden"]))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FeatxError
-from .mlp import HIDDEN_GRID, layer_arrays, layers_from_arrays, mlp_outputs, pick_device
+from .mlp import (HIDDEN_GRID, Stopping, build_net, layer_arrays, layers_from_arrays, mlp_outputs, pick_device,
+                  train_early_stopped)
 from .registry import register_head
 from .regression import TRANSFORMS, RegressionHead, Targets
 
@@ -40,16 +41,6 @@ class MLPRegressHead(RegressionHead):
         if self.loss not in LOSSES:
             raise FeatxError(f"unknown loss {self.loss!r} for {self.kind}; use one of {', '.join(LOSSES)}")
 
-    def _net(self, d: int, hidden: list[int], device: str):
-        from torch import nn
-
-        layers = []
-        for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(self.dropout)]
-            d = h
-        layers.append(nn.Linear(d, 1))
-        return nn.Sequential(*layers).to(device)
-
     def _loss_fn(self):
         from torch import nn
 
@@ -70,32 +61,16 @@ class MLPRegressHead(RegressionHead):
         device = pick_device(self.device)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
-        net = self._net(Z.shape[1], hidden, device)
+        net = build_net(Z.shape[1], hidden, 1, self.dropout, device)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = self._loss_fn()
         Xt = torch.from_numpy(Z.astype(np.float32))
         Xt = Xt.to(device) if Z.nbytes < (2 << 30) else Xt  # keep big sets in host memory, move batches
         tt = torch.from_numpy(targets.t.astype(np.float32)).to(Xt.device)
         Xv = torch.from_numpy(Zv.astype(np.float32)).to(device)
-        best, best_epoch, best_state, bad, bs = float("inf"), 0, None, 0, int(self.batch_size)
-        for epoch in range(1, int(self.max_epochs) + 1):
-            net.train()
-            order = torch.randperm(len(Xt), generator=gen).to(Xt.device)
-            for s in range(0, len(order), bs):
-                i = order[s:s + bs]
-                opt.zero_grad(set_to_none=True)
-                loss_fn(net(Xt[i].to(device))[:, 0], tt[i].to(device)).backward()
-                opt.step()
-            net.eval()
-            mae = self._val_mae(net, Xv, yv, targets)
-            if best_state is None or mae < best - 1e-6:
-                best, best_epoch, bad = mae, epoch, 0
-                best_state = [t.detach().cpu().numpy().copy() for t in net.state_dict().values()]
-            else:
-                bad += 1
-                if bad >= int(self.patience):
-                    break
-        return [np.ascontiguousarray(a, np.float32) for a in best_state], best, best_epoch
+        stop = Stopping(self.batch_size, self.max_epochs, self.patience, 1e-6)
+        return train_early_stopped(net, opt, Xt, gen, lambda i: loss_fn(net(Xt[i].to(device))[:, 0], tt[i].to(device)),
+                                   lambda net: self._val_mae(net, Xv, yv, targets), stop)
 
     def _fit_point(self, Z, targets, Zv, yv, point):
         weights, _, epoch = self._train_one(Z, targets, Zv, yv, list(point["hidden"]))

@@ -7,6 +7,7 @@ evaluates the kernel expansion with numpy (one-vs-rest columns for K > 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from sklearn.svm import SVC
@@ -18,16 +19,23 @@ C_GRID = [0.1, 1.0, 10.0]
 GAMMA_FACTORS = [0.25, 1.0, 4.0]  # times 1 / n_features ("scale" on standardised data)
 
 
+def rbf_kernel_blocks(A: np.ndarray, B: np.ndarray, gamma: float,
+                      block: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, exp(-gamma |a - b|^2) [block, len(B)] for the rows A[start:start + block]) per row block."""
+    b_sq = np.einsum("ij,ij->i", B, B)
+    for s in range(0, len(A), block):
+        a = A[s:s + block]
+        d = np.einsum("ij,ij->i", a, a)[:, None] + b_sq[None, :] - 2.0 * (a @ B.T)
+        np.maximum(d, 0.0, out=d)
+        yield s, np.exp(-gamma * d)
+
+
 def rbf_decision(Z: np.ndarray, sv: np.ndarray, dual: np.ndarray, intercept: np.ndarray, gamma: float,
                  block: int = 4096) -> np.ndarray:
     """sum_i dual[c, i] * exp(-gamma * |z - sv_i|^2) + intercept[c]  ->  [n, n_columns]."""
     out = np.empty((len(Z), len(intercept)))
-    sv_sq = np.einsum("ij,ij->i", sv, sv)
-    for s in range(0, len(Z), block):
-        z = Z[s:s + block]
-        d = np.einsum("ij,ij->i", z, z)[:, None] + sv_sq[None, :] - 2.0 * (z @ sv.T)
-        np.maximum(d, 0.0, out=d)
-        out[s:s + block] = np.exp(-gamma * d) @ dual.T + intercept
+    for s, k in rbf_kernel_blocks(Z, sv, gamma, block):
+        out[s:s + block] = k @ dual.T + intercept
     return out
 
 

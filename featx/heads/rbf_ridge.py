@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rbf import GAMMA_FACTORS, rbf_decision
+from .rbf import GAMMA_FACTORS, rbf_decision, rbf_kernel_blocks
 from .registry import register_head
 from .regression import TRANSFORMS, RegressionHead
 from .ridge import RidgePath
@@ -29,12 +29,8 @@ ALPHA_GRID = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]  # penalty per training row (mean sq
 def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -> np.ndarray:
     """exp(-gamma |a - b|^2) [len(A), len(B)], computed in row blocks."""
     out = np.empty((len(A), len(B)))
-    b_sq = np.einsum("ij,ij->i", B, B)
-    for s in range(0, len(A), block):
-        a = A[s:s + block]
-        d = np.einsum("ij,ij->i", a, a)[:, None] + b_sq[None, :] - 2.0 * (a @ B.T)
-        np.maximum(d, 0.0, out=d)
-        out[s:s + block] = np.exp(-gamma * d)
+    for s, k in rbf_kernel_blocks(A, B, gamma, block):
+        out[s:s + block] = k
     return out
 
 

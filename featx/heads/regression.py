@@ -248,3 +248,16 @@ class RegressionHead(RegressorMixin, Estimator):
 
     def _predict_std(self, Z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+class LinearRegressionHead(RegressionHead):
+    """A regression head whose model is coef_ [D] and intercept_ (a float) on standardised features."""
+
+    def _predict_std(self, Z: np.ndarray) -> np.ndarray:
+        return Z @ self.coef_ + self.intercept_
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": np.asarray(self.coef_, np.float64), "intercept": np.asarray([self.intercept_], np.float64)}
+
+    def _load(self, arrays) -> None:
+        self.coef_, self.intercept_ = arrays["coef"], float(arrays["intercept"][0])

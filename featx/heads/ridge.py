@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .regression import TRANSFORMS, RegressionHead
+from .regression import TRANSFORMS, LinearRegressionHead
 from .registry import register_head
 
 # penalty per training row: the objective is mean squared error + alpha * |w|^2 on standardised features
@@ -48,7 +48,7 @@ class RidgePath:
 
 @register_head
 @dataclass(eq=False, repr=False)
-class RidgeHead(RegressionHead):
+class RidgeHead(LinearRegressionHead):
     """Standardised features -> linear regression with an L2 penalty; alpha and the transform chosen on val."""
 
     kind = "ridge"
@@ -72,12 +72,3 @@ class RidgeHead(RegressionHead):
             m = Ridge(alpha=penalty).fit(Z, targets.t, sample_weight=targets.weight)
             w, b = np.asarray(m.coef_, np.float64), float(m.intercept_)
         return {"coef_": w, "intercept_": b}, Zv @ w + b, {}
-
-    def _predict_std(self, Z: np.ndarray) -> np.ndarray:
-        return Z @ self.coef_ + self.intercept_
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": np.asarray(self.coef_, np.float64), "intercept": np.asarray([self.intercept_], np.float64)}
-
-    def _load(self, arrays) -> None:
-        self.coef_, self.intercept_ = arrays["coef"], float(arrays["intercept"][0])

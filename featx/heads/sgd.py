@@ -60,6 +60,51 @@ class RunningStats:
         return Standardiser(self.mean, safe_scale(self.m2 / self.n))
 
 
+def first_pass(read: Reader, train_idx: np.ndarray, flips: tuple[bool, ...]) -> tuple[Standardiser, list[np.ndarray]]:
+    """Pass 1 over the training chunks: the features' scaler and the training rows of each stored chunk."""
+    stats, groups = RunningStats(), []
+    for flip in flips:
+        for rows, X in read(train_idx, flip):
+            X = as_2d(X)
+            if not np.isfinite(X).all():
+                raise FeatxError("features contain NaN or infinity")
+            stats.add(X)
+            if not flip:
+                groups.append(np.asarray(rows))
+    if stats.n == 0:
+        raise FeatxError("no training rows")
+    return stats.scaler(), groups
+
+
+@dataclass
+class Mixer:
+    """One epoch's batches: the training chunks in a random order, `mix` at a time, rows shuffled within each mix."""
+
+    read: Reader
+    groups: list[np.ndarray]  # training rows of each stored chunk
+    flips: tuple[bool, ...]
+    scaler: Standardiser
+    mix: int
+
+    def epoch(self, values: np.ndarray, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(standardised X, values[rows]) per mix, shuffled; values are indexed by row."""
+        units = [(g, f) for f in self.flips for g in range(len(self.groups))]
+        order = rng.permutation(len(units))
+        mix = max(1, int(self.mix))
+        for start in range(0, len(order), mix):
+            Xb, vb = [], []
+            for flip in self.flips:
+                sel = [self.groups[units[u][0]] for u in order[start:start + mix] if units[u][1] == flip]
+                if not sel:
+                    continue
+                for rows, X in self.read(np.sort(np.concatenate(sel)), flip):
+                    Xb.append(self.scaler(X))
+                    vb.append(values[np.asarray(rows)])
+            Xb, vb = np.concatenate(Xb), np.concatenate(vb)
+            p = rng.permutation(len(vb))
+            yield Xb[p], vb[p]
+
+
 def sgd_proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     """One-vs-rest logistic outputs (SGDClassifier's log_loss), rows normalised to sum to 1."""
     z = Z @ coef.T + intercept
@@ -70,18 +115,13 @@ def sgd_proba(Z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndar
 
 @dataclass
 class Stream:
-    """What one SGD fit reads: the chunk reader, labels, training chunk groups and the val rows."""
+    """What one SGD fit reads: the chunk reader, labels, the training batches and the val rows."""
 
     read: Reader
     labels: np.ndarray
-    groups: list[np.ndarray]  # training rows of each stored chunk
-    flips: tuple[bool, ...]
+    mixer: Mixer
     val_idx: np.ndarray
     weights: np.ndarray  # per-class sample weights
-
-    @property
-    def units(self) -> list[tuple[int, bool]]:
-        return [(g, f) for f in self.flips for g in range(len(self.groups))]
 
 
 @dataclass(eq=False, repr=False)
@@ -120,20 +160,9 @@ class SGDHead(Head):
         return self
 
     def _fit_stream(self, read: Reader, labels, train_idx, val_idx, flips) -> None:
-        stats, groups = RunningStats(), []
-        for flip in flips:
-            for rows, X in read(train_idx, flip):
-                X = as_2d(X)
-                if not np.isfinite(X).all():
-                    raise FeatxError("features contain NaN or infinity")
-                stats.add(X)
-                if not flip:
-                    groups.append(np.asarray(rows))
-        if stats.n == 0:
-            raise FeatxError("no training rows")
-        self.scaler_ = stats.scaler()
+        self.scaler_, groups = first_pass(read, train_idx, flips)
         weights = class_weights(labels[train_idx], self.n_classes_, self._weight_mode())
-        s = Stream(read, labels, groups, flips, val_idx, weights)
+        s = Stream(read, labels, Mixer(read, groups, flips, self.scaler_, self.mix_chunks), val_idx, weights)
         self._record(grid_search(self.search_grid(len(self.scaler_.mean)), lambda p: self._fit_alpha(s, p)))
         self.selection_["streamed"] = {"chunks": len(groups), "flips": list(flips)}
 
@@ -143,7 +172,8 @@ class SGDHead(Head):
         clf = SGDClassifier(loss="log_loss", alpha=point["alpha"], random_state=self.seed)
         best, best_epoch, bad, snap = float("inf"), 0, 0, None
         for epoch in range(1, int(self.epochs) + 1):
-            self._epoch(s, clf, rng)
+            for Xb, yb in s.mixer.epoch(s.labels, rng):
+                clf.partial_fit(Xb, yb, classes=np.arange(self.n_classes_), sample_weight=s.weights[yb])
             coef = np.ascontiguousarray(clf.coef_, np.float64)
             intercept = np.ascontiguousarray(clf.intercept_, np.float64)
             loss, acc = self._val_loss(s, coef, intercept)
@@ -155,24 +185,6 @@ class SGDHead(Head):
                     break
         return ({"coef_": snap[0], "intercept_": snap[1]},
                 {"score": -best, "val_log_loss": best, "epochs": best_epoch, "val_accuracy": snap[2]})
-
-    def _epoch(self, s: Stream, clf: SGDClassifier, rng: np.random.Generator) -> None:
-        """One pass over the training chunks, `mix_chunks` at a time, rows shuffled within each mix."""
-        units = s.units
-        order = rng.permutation(len(units))
-        mix = max(1, int(self.mix_chunks))
-        for start in range(0, len(order), mix):
-            Xb, yb = [], []
-            for flip in s.flips:
-                sel = [s.groups[units[u][0]] for u in order[start:start + mix] if units[u][1] == flip]
-                if not sel:
-                    continue
-                for rows, X in s.read(np.sort(np.concatenate(sel)), flip):
-                    Xb.append(self.scaler_(X))
-                    yb.append(s.labels[np.asarray(rows)])
-            Xb, yb = np.concatenate(Xb), np.concatenate(yb)
-            p = rng.permutation(len(yb))
-            clf.partial_fit(Xb[p], yb[p], classes=np.arange(self.n_classes_), sample_weight=s.weights[yb[p]])
 
     def _val_loss(self, s: Stream, coef: np.ndarray, intercept: np.ndarray) -> tuple[float, float]:
         total, right, n = 0.0, 0, 0

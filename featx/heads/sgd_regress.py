@@ -16,34 +16,28 @@ import numpy as np
 from sklearn.linear_model import SGDRegressor
 
 from ..errors import FeatxError
-from .base import as_2d
 from .registry import register_head
-from .regression import TRANSFORMS, RegressionHead, Targets, random_holdout, val_scores
+from .regression import TRANSFORMS, LinearRegressionHead, Targets, random_holdout, val_scores
 from .select import grid_search
-from .sgd import Reader, RunningStats, array_reader
+from .sgd import Mixer, Reader, array_reader, first_pass
 
 LOSSES = ("squared_error", "huber", "epsilon_insensitive")
 
 
 @dataclass
 class RegStream:
-    """What one streamed fit reads: the chunk reader, targets per row, training chunk groups, val rows."""
+    """What one streamed fit reads: the chunk reader, targets per row, the training batches, val rows."""
 
     read: Reader
     y: np.ndarray  # targets in their units, indexed by row
-    groups: list[np.ndarray]  # training rows of each stored chunk
-    flips: tuple[bool, ...]
+    mixer: Mixer
     train_idx: np.ndarray
     val_idx: np.ndarray
-
-    @property
-    def units(self) -> list[tuple[int, bool]]:
-        return [(g, f) for f in self.flips for g in range(len(self.groups))]
 
 
 @register_head
 @dataclass(eq=False, repr=False)
-class SGDRegressHead(RegressionHead):
+class SGDRegressHead(LinearRegressionHead):
     kind = "sgd-regress"
     default_grid = {"alpha": [1e-5, 1e-4, 1e-3], "transform": list(TRANSFORMS)}
     loss: str = "squared_error"
@@ -85,22 +79,11 @@ class SGDRegressHead(RegressionHead):
         return self
 
     def _fit_stream(self, read: Reader, y, train_idx, val_idx, flips) -> None:
-        stats, groups = RunningStats(), []
-        for flip in flips:
-            for rows, X in read(train_idx, flip):
-                X = as_2d(X)
-                if not np.isfinite(X).all():
-                    raise FeatxError("features contain NaN or infinity")
-                stats.add(X)
-                if not flip:
-                    groups.append(np.asarray(rows))
-        if stats.n == 0:
-            raise FeatxError("no training rows")
-        self.scaler_ = stats.scaler()
+        self.scaler_, groups = first_pass(read, train_idx, flips)
         y_tr = y[train_idx]
         self.target_range_ = np.asarray([y_tr.min(), y_tr.max()], np.float64)
         grid = self._transform_grid(self.search_grid(len(self.scaler_.mean)), y[np.concatenate([train_idx, val_idx])])
-        s = RegStream(read, y, groups, flips, train_idx, val_idx)
+        s = RegStream(read, y, Mixer(read, groups, flips, self.scaler_, self.mix_chunks), train_idx, val_idx)
         fitted = {}
         for name in grid["transform"]:
             tg = Targets.make(name, y_tr)
@@ -117,7 +100,8 @@ class SGDRegressHead(RegressionHead):
         reg = SGDRegressor(loss=self.loss, alpha=point["alpha"], random_state=self.seed)
         best, best_epoch, bad, snap = None, 0, 0, None
         for epoch in range(1, int(self.epochs) + 1):
-            self._epoch(s, reg, t_full, rng)
+            for Xb, tb in s.mixer.epoch(t_full, rng):
+                reg.partial_fit(Xb, tb)
             coef, intercept = np.asarray(reg.coef_, np.float64).copy(), float(reg.intercept_[0])
             row = self._val_row(s, tg, coef, intercept)
             if best is None or row["val_mae"] < best["val_mae"] - 1e-9:
@@ -129,36 +113,9 @@ class SGDRegressHead(RegressionHead):
         state = {"coef_": snap[0], "intercept_": snap[1], "target_mean_": tg.mean, "target_scale_": tg.scale}
         return state, {**best, "epochs": best_epoch}
 
-    def _epoch(self, s: RegStream, reg: SGDRegressor, t_full: np.ndarray, rng: np.random.Generator) -> None:
-        """One pass over the training chunks, `mix_chunks` at a time, rows shuffled within each mix."""
-        units = s.units
-        order = rng.permutation(len(units))
-        mix = max(1, int(self.mix_chunks))
-        for start in range(0, len(order), mix):
-            Xb, tb = [], []
-            for flip in s.flips:
-                sel = [s.groups[units[u][0]] for u in order[start:start + mix] if units[u][1] == flip]
-                if not sel:
-                    continue
-                for rows, X in s.read(np.sort(np.concatenate(sel)), flip):
-                    Xb.append(self.scaler_(X))
-                    tb.append(t_full[np.asarray(rows)])
-            Xb, tb = np.concatenate(Xb), np.concatenate(tb)
-            p = rng.permutation(len(tb))
-            reg.partial_fit(Xb[p], tb[p])
-
     def _val_row(self, s: RegStream, tg: Targets, coef: np.ndarray, intercept: float) -> dict:
         preds, truth = [], []
         for rows, X in s.read(s.val_idx, False):
             preds.append(np.clip(tg.to_units(self.scaler_(X) @ coef + intercept), *self.target_range_))
             truth.append(s.y[np.asarray(rows)])
         return val_scores(np.concatenate(truth), np.concatenate(preds))
-
-    def _predict_std(self, Z: np.ndarray) -> np.ndarray:
-        return Z @ self.coef_ + self.intercept_
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"coef": np.asarray(self.coef_, np.float64), "intercept": np.asarray([self.intercept_], np.float64)}
-
-    def _load(self, arrays) -> None:
-        self.coef_, self.intercept_ = arrays["coef"], float(arrays["intercept"][0])
