@@ -392,14 +392,20 @@ def _read_text(path: Path) -> str:
         raise FeatxError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def _csv_rows(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV's text (TSV by its suffix) with their line numbers; a malformed file is one
+    line."""
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    try:
+        return [(reader.line_num, r) for r in reader if any(x.strip() for x in r)]
+    except csv.Error as e:
+        raise FeatxError(f"{path}: malformed CSV: {e}") from None
+
+
 def _load_csv(path: Path) -> Manifest:
     root = path.parent
     text = _read_text(path)
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    try:
-        rows = [(reader.line_num, r) for r in reader if any(x.strip() for x in r)]
-    except csv.Error as e:
-        raise FeatxError(f"{path}: malformed CSV: {e}") from None
+    rows = _csv_rows(path, text)
     if not rows:
         raise FeatxError(f"{path} is empty")
     header = [h.strip() for h in rows[0][1]]
@@ -459,11 +465,7 @@ def load_columns(data: str | Path) -> Columns:
         raise FeatxError(f"data not found: {data}")
     path = path.resolve()
     text = _read_text(path)
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    try:
-        rows = [(reader.line_num, r) for r in reader if any(x.strip() for x in r)]
-    except csv.Error as e:
-        raise FeatxError(f"{path}: malformed CSV: {e}") from None
+    rows = _csv_rows(path, text)
     header = [h.strip() for h in rows[0][1]] if rows else []
     low = [h.lower() for h in header]
     if "path" not in low:

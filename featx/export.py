@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FeatxError
+from .paths import read_json_card
 
 FORMAT = "featx-onnx"
 VERSION = 1
@@ -109,19 +110,9 @@ def check_exportable(s: Source) -> None:
 
 def load_base(sources: list[Source], weights):
     """(release, model, weights sha256, backbone) for the heads' base, checked against their cards."""
-    from .predict import backbone_of
-    from .weights import load_backbone
+    from .predict import base_for
 
-    prov = sources[0].prov
-    backbone = backbone_of(sources[0].dir, prov)
-    release, model, sha = load_backbone(backbone, weights)
-    want = prov.get("weights_sha256")
-    if want and sha != want:
-        where = f"--weights {weights}" if weights else f"the cached weights of {prov['release']}"
-        raise FeatxError(f"{where} have sha256 {sha[:12]}, but the heads were trained on features from weights "
-                         f"{want[:12]}; pass the weights file the store was extracted with")
-    if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
-        raise FeatxError(f"the heads' features used other preprocessing than release {prov['release']} has now")
+    backbone, (release, model, sha) = base_for(sources[0].dir, sources[0].prov, weights, heads=True)
     return release, model, sha, backbone
 
 
@@ -371,14 +362,7 @@ def read_model_card(path: str | Path) -> dict:
     card_path = path.with_suffix(".json")
     if not card_path.is_file():
         raise FeatxError(f"{path} has no card {card_path.name} beside it; `featx export` writes both, keep them together")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, ValueError) as e:
-        raise FeatxError(f"cannot read {card_path}: {e}") from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise FeatxError(f"{card_path} is not a featx ONNX card")
-    if not isinstance(card.get("version"), int) or card["version"] > VERSION:
-        raise FeatxError(f"{card_path} has card version {card.get('version')}; this featx reads up to {VERSION}")
+    card = read_json_card(card_path, FORMAT, VERSION, "ONNX card")
     have, want = file_sha256(path), str(card.get("onnx_sha256"))
     if have != want:
         raise FeatxError(f"{path} does not match its card {card_path.name} (sha256 {have[:12]}, card says "

@@ -3,6 +3,7 @@ tracebacks half-way through a run (unknown URL scheme, unwritable folder, a file
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -124,3 +125,18 @@ def atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json_card(path: Path, fmt: str, newest: int, what: str, default_version: int | None = None) -> dict:
+    """A featx JSON card, checked in one line each: readable JSON, of format `fmt`, of a version up to
+    `newest` (`default_version` when it names none)."""
+    try:
+        card = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise FeatxError(f"cannot read {path}: {e}") from None
+    if not isinstance(card, dict) or card.get("format") != fmt:
+        raise FeatxError(f"{path} is not a featx {what}")
+    version = card.get("version", default_version)
+    if not isinstance(version, int) or version > newest:
+        raise FeatxError(f"{path} has card version {version}; this featx reads up to {newest}")
+    return card

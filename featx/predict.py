@@ -186,20 +186,26 @@ class SavedHead:
 
 def checked_base(saved: SavedHead, weights=None):
     """(backbone, loaded base) a head's features came from, its weights and preprocessing checked."""
+    return base_for(saved.folder, saved.card.get("provenance", {}), weights)
+
+
+def base_for(folder, prov: dict, weights=None, heads: bool = False):
+    """(backbone, loaded base) that the head(s) in `folder` with provenance `prov` were trained on, the
+    weights' sha256 and the release's preprocessing checked against the card."""
     from .weights import load_backbone
 
-    prov = saved.card.get("provenance", {})
+    who = ("the heads were", "the heads'") if heads else ("the head was", "the head's")
     release_name = prov.get("release")
-    backbone = backbone_of(saved.folder, prov)
+    backbone = backbone_of(folder, prov)
     loaded = load_backbone(backbone, weights)
     release, _, sha = loaded
     want = prov.get("weights_sha256")
     if want and sha != want:
         where = f"--weights {weights}" if weights else f"the cached weights of {release_name}"
-        raise FeatxError(f"{where} have sha256 {sha[:12]}, but the head was trained on features from weights "
+        raise FeatxError(f"{where} have sha256 {sha[:12]}, but {who[0]} trained on features from weights "
                          f"{want[:12]}; pass the weights file the store was extracted with")
     if prov.get("preprocess") is not None and prov["preprocess"] != release.preprocess.to_dict():
-        raise FeatxError(f"the head's features used other preprocessing than release {release_name} has now")
+        raise FeatxError(f"{who[1]} features used other preprocessing than release {release_name} has now")
     return backbone, loaded
 
 

@@ -81,7 +81,8 @@ def test_largest_errors_are_ordered_by_absolute_error(tmp_path):
 def test_evaluate_regression_scores_rows_with_a_value_and_counts_the_rest(tmp_path):
     from test_heads import FakeStore
 
-    from featx.report.regression import RegressionEval, evaluate_regression, target_values
+    from featx.report.html import EvalRequest
+    from featx.report.regression import evaluate_regression, target_values
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(100, 5)).astype(np.float32)
@@ -92,7 +93,7 @@ def test_evaluate_regression_scores_rows_with_a_value_and_counts_the_rest(tmp_pa
     tr = store.indices("train")
     head = make_head("ridge").fit(X[tr], age[tr])
     card = {"head": "ridge", "target": "age", "provenance": {"release": "vgg16.hed", "manifest_hash": "m1"}}
-    m = evaluate_regression(RegressionEval(head, card, "heads/age", store, "test", ["race"], "fake.zarr"),
+    m = evaluate_regression(EvalRequest(head, card, "heads/age", store, "test", ["race"], "fake.zarr"),
                             tmp_path / "rep")
     test = store.indices("test")
     keep = test[~np.isin(test, [4, 9])]

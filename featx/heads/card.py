@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatxError
+from ..paths import read_json_card
 from .base import Estimator
 from .registry import get_head_class, head_classes
 
@@ -76,15 +77,8 @@ def read_card(head_dir: str | Path) -> dict:
     path = Path(head_dir) / CARD_FILE
     if not path.is_file():
         raise FeatxError(f"no saved head at {head_dir} (missing {CARD_FILE}); train one with `featx train-head`")
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FeatxError(f"cannot read {path}: {e}") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise FeatxError(f"{path} is not a featx head card")
+    card = read_json_card(path, CARD_FORMAT, CARD_VERSION, "head card", default_version=0)
     version = card.get("version", 0)
-    if not isinstance(version, int) or version > CARD_VERSION:
-        raise FeatxError(f"{path} has card version {version}; this featx reads up to {CARD_VERSION}")
     if version >= 2 or CARD_DIGEST in card:
         have, want = card_digest(card), str(card.get(CARD_DIGEST))
         if have != want:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import FeatxError
 from ..metrics import check_bins, compute_metrics, group_labels
+from .html import EvalRequest
 
 REQUIRED_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "specificity", "roc_auc",
                  "confusion", "groups")
@@ -117,30 +116,15 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
         report_dir = Path(head_dir) / f"report-{store_label(store, given_store)}-{split}"
     name = str(getattr(store, "name", given_store))
     if regress:
-        from .regression import RegressionEval, evaluate_regression
+        from .regression import evaluate_regression
 
-        e = RegressionEval(head, card, str(head_dir), base, split, columns, name, given)
+        e = EvalRequest(head, card, str(head_dir), base, split, columns, name, given)
         return evaluate_regression(e, report_dir)
-    return evaluate_classifier(ClassifierEval(head, card, str(head_dir), store, split, columns, name, given),
+    return evaluate_classifier(EvalRequest(head, card, str(head_dir), store, split, columns, name, given),
                                report_dir)
 
 
-@dataclass
-class ClassifierEval:
-    """What evaluating a classifier head needs: the head and its card, the store seen through the head's
-    target, the split, the --by columns and the --bins given."""
-
-    head: Any
-    card: dict
-    head_dir: str
-    store: Any
-    split: str
-    columns: list[str]
-    store_name: str
-    bins: dict = field(default_factory=dict)
-
-
-def evaluate_classifier(e: ClassifierEval, report_dir: str | Path) -> dict:
+def evaluate_classifier(e: EvalRequest, report_dir: str | Path) -> dict:
     """Score a classifier head on e.split of the store; metrics.json, report.md, report.html and plots."""
     from ..training import predict_rows
     from .html import EvalRun, column_kinds, enrich, write_page

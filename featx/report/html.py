@@ -33,6 +33,21 @@ PAGE = "report.html"
 
 
 @dataclass
+class EvalRequest:
+    """What evaluating a head needs (classifier or regression): the head and its card, the store (seen
+    through the head's target for a classifier), the split, the --by columns and the --bins given."""
+
+    head: Any
+    card: dict
+    head_dir: str
+    store: Any
+    split: str
+    columns: list[str]
+    store_name: str
+    bins: dict = field(default_factory=dict)  # --bins: {column: edges}
+
+
+@dataclass
 class EvalRun:
     """What one evaluation scored: store rows, labels (head class indices), probabilities and where they came from."""
 

@@ -85,18 +85,25 @@ def reliability(cal: dict) -> bytes:
 
 def group_bars(col: str, buckets: dict, intervals: dict) -> bytes:
     """Accuracy per bucket with its 95% interval as an error bar; n under each bar."""
+    return bucket_bars(buckets, intervals, "accuracy", ("#4c72b0", "accuracy (95% interval)", f"By {col}"), (0, 1.05))
+
+
+def bucket_bars(buckets: dict, intervals: dict, key: str, look: tuple[str, str, str], ylim=None) -> bytes:
+    """`key` per bucket with its 95% interval as an error bar, n under each bar; look: colour, y label, title."""
     plt = _plt()
     names = list(buckets)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.4))
     x = np.arange(len(names))
-    acc = np.array([np.nan if buckets[b]["accuracy"] is None else buckets[b]["accuracy"] for b in names])
-    bounds = np.array([(intervals.get(b) or {}).get("accuracy") or [np.nan, np.nan] for b in names]).reshape(-1, 2)
-    err = np.vstack([np.clip(acc - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - acc, 0, None)])
-    ax.bar(x, np.nan_to_num(acc), color="#4c72b0", yerr=np.nan_to_num(err), capsize=4, ecolor="black")
+    val = np.array([np.nan if buckets[b][key] is None else buckets[b][key] for b in names])
+    bounds = np.array([(intervals.get(b) or {}).get(key) or [np.nan, np.nan] for b in names]).reshape(-1, 2)
+    err = np.vstack([np.clip(val - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - val, 0, None)])
+    color, ylabel, title = look
+    ax.bar(x, np.nan_to_num(val), color=color, yerr=np.nan_to_num(err), capsize=4, ecolor="black")
     ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (95% interval)")
-    ax.set_title(f"By {col}")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return png_bytes(fig)
 

@@ -21,9 +21,9 @@ from ..errors import FeatxError
 from ..heads.card import to_json
 from ..metrics import (REGRESSION_KEYS, bins_for, bucket_column, group_labels, regression_interval_block,
                        regression_metrics)
-from .html import (CSS, GALLERY, PAGE, PREDICTIONS, column_kinds, esc, extra_group_columns, fmt, fmt_interval, img,
+from .html import (CSS, EvalRequest, GALLERY, PAGE, PREDICTIONS, column_kinds, esc, extra_group_columns, fmt, fmt_interval, img,
                    provenance_table, run_provenance, source_path)
-from .plots import _plt, png_bytes, thumbnail
+from .plots import _plt, bucket_bars, png_bytes, thumbnail
 
 TARGET_BAND = "true {target} band"  # the group column made from the target itself
 
@@ -96,19 +96,7 @@ def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target: str) -> bytes:
 
 def error_bars(col: str, buckets: dict, intervals: dict) -> bytes:
     """MAE per bucket with its 95% interval as an error bar; n under each bar."""
-    plt = _plt()
-    names = list(buckets)
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.4))
-    x = np.arange(len(names))
-    mae = np.array([np.nan if buckets[b]["mae"] is None else buckets[b]["mae"] for b in names])
-    bounds = np.array([(intervals.get(b) or {}).get("mae") or [np.nan, np.nan] for b in names]).reshape(-1, 2)
-    err = np.vstack([np.clip(mae - bounds[:, 0], 0, None), np.clip(bounds[:, 1] - mae, 0, None)])
-    ax.bar(x, np.nan_to_num(mae), color="#dd8452", yerr=np.nan_to_num(err), capsize=4, ecolor="black")
-    ax.set_xticks(x, [f"{b}\n(n={buckets[b]['n']})" for b in names], fontsize=8)
-    ax.set_ylabel("MAE (95% interval)")
-    ax.set_title(f"Error by {col}")
-    fig.tight_layout()
-    return png_bytes(fig)
+    return bucket_bars(buckets, intervals, "mae", ("#dd8452", "MAE (95% interval)", f"Error by {col}"))
 
 
 # ---------- page pieces ----------
@@ -256,21 +244,7 @@ def predict_values(head, store, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(rows), np.concatenate(preds)
 
 
-@dataclass
-class RegressionEval:
-    """What `evaluate` hands over for a regression head: the head, its card, the store and the choices."""
-
-    head: Any
-    card: dict
-    head_dir: str
-    store: Any
-    split: str
-    columns: list[str]
-    store_name: str
-    bins: dict = field(default_factory=dict)  # --bins: {column: edges}
-
-
-def evaluate_regression(e: RegressionEval, report_dir: str | Path) -> dict:
+def evaluate_regression(e: EvalRequest, report_dir: str | Path) -> dict:
     """Score a regression head on e.split of the store (rows without a value are left out, and counted)."""
     import time
 
