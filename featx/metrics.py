@@ -29,7 +29,8 @@ UNKNOWN = "unknown"
 _INTERVAL = re.compile(r"^(-?\d+(?:\.\d+)?)(?:-(?:-?\d+(?:\.\d+)?)|\+)$")
 
 
-def _number(v: str) -> float | None:
+def finite_number(v: str) -> float | None:
+    """float(v) when it is a finite number, else None."""
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -64,7 +65,7 @@ def bucket_column(values, bins=None) -> np.ndarray:
     if bins is None:
         return np.asarray([v.strip() or UNKNOWN for v in values], dtype=str)
     edges = check_bins(bins)
-    xs = [_number(v.strip()) for v in values]
+    xs = [finite_number(v.strip()) for v in values]
     names = bin_labels(edges)
     out = [UNKNOWN if x is None or x < edges[0] else names[bisect.bisect_right(edges, x) - 1] for x in xs]
     return np.asarray(out, dtype=str)
@@ -92,7 +93,7 @@ def group_labels(columns: dict, kinds: dict, given: dict | None = None) -> dict[
 def quantile_edges(values, k: int = QUANTILES) -> tuple[float, ...] | None:
     """Edges splitting the numbers in `values` into k groups of about equal size (whole numbers stay whole,
     others are rounded to 3 significant digits); None when there are fewer than two distinct numbers."""
-    xs = np.asarray([x for x in (_number(str(v).strip()) for v in values) if x is not None])
+    xs = np.asarray([x for x in (finite_number(str(v).strip()) for v in values) if x is not None])
     if np.unique(xs).size < 2:
         return None
     q = np.quantile(xs, np.arange(k) / k)

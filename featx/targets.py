@@ -15,14 +15,13 @@ Missing values: an empty cell, or na, n/a, nan, null, none (any case).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import FeatxError
-from .metrics import AGE_COLUMNS
+from .metrics import AGE_COLUMNS, finite_number
 
 KINDS = ("categorical", "numeric")
 MAX_CODES = 10  # whole-number columns with at most this many distinct values are codes (race 0-4)
@@ -33,20 +32,12 @@ def is_missing(v) -> bool:
     return str(v).strip().lower() in MISSING
 
 
-def _float(v: str) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def infer_kind(name: str, values) -> str:
     """categorical or numeric, by the rule in the module docstring."""
     if name == "label":
         return "categorical"
     present = [str(v).strip() for v in values if not is_missing(v)]
-    nums = [_float(v) for v in present]
+    nums = [finite_number(v) for v in present]
     if not present or any(x is None for x in nums):
         return "categorical"
     fractional = any(x != int(x) for x in nums)
@@ -126,7 +117,7 @@ class Target:
         out = np.full(len(self.raw), np.nan)
         for i, v in enumerate(self.raw):
             if not is_missing(v):
-                x = _float(str(v).strip())
+                x = finite_number(str(v).strip())
                 if x is None:
                     raise FeatxError(f"target {self.name!r} is numeric but row {i} holds {str(v)!r}")
                 out[i] = x
@@ -137,7 +128,7 @@ class Target:
         from .data import canonical_label
 
         vals = {canonical_label(str(v).strip()) for v in self.raw if not is_missing(v)}
-        if vals and all(_float(v) is not None for v in vals) and self.kind == "numeric":
+        if vals and all(finite_number(v) is not None for v in vals) and self.kind == "numeric":
             return sorted(vals, key=float)
         return sorted(vals)
 

@@ -1,6 +1,6 @@
 """ONNX export (issue 24): the exported file under onnxruntime gives featx's own answers.
 
-A toy family (registered here, as tests/test_toy_family.py does) with its own preprocessing runs the
+The toy family of tests/test_toy_family.py with its own preprocessing runs the
 whole path: extract -> every head kind -> one several-head ONNX file -> onnxruntime vs featx predict.
 """
 
@@ -12,12 +12,11 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch import nn
 
-from featx.backbones import FAMILIES, Family, TapInfo
+from featx.backbones import FAMILIES
 from featx.releases import RELEASES, Preprocess, Release
+from test_toy_family import ToyNet, toy_family  # the one toy family of the tests
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -25,31 +24,6 @@ pytest.importorskip("onnxscript")
 KINDS = {"logreg": {}, "linear-svm": {}, "rbf-svm": {}, "mlp": {"max_epochs": 6, "patience": 3, "grid": {"hidden": [[8]]}},
          "sgd": {}}
 PARITY = 1e-4
-
-
-class ToyNet(nn.Module):
-    def __init__(self, widths=(4, 6, 8), emb=5):
-        super().__init__()
-        chans = (3,) + tuple(widths)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(chans, chans[1:]))
-        self.emb = nn.Linear(widths[-1], emb)
-
-    def stage_names(self):
-        return ("s1", "s2", "s3", "emb")
-
-    def run_stage(self, name, x):
-        if name == "emb":
-            return self.emb(x.mean((2, 3)))
-        return F.max_pool2d(F.relu(self.convs[int(name[1]) - 1](x)), 2)
-
-    def stage_module(self, name):
-        return self.emb if name == "emb" else self.convs[int(name[1]) - 1]
-
-
-def build(sd):
-    m = ToyNet(tuple(sd[f"convs.{i}.weight"].shape[0] for i in range(3)), sd["emb.weight"].shape[0])
-    m.load_state_dict(sd)
-    return m.eval()
 
 
 PER_IMAGE = Preprocess(size=16, resize=18, channels="RGB", scale=255.0, crop=0.9, norm="per-image",
@@ -62,10 +36,7 @@ FIXED_BGR = Preprocess(size=20, resize=22, channels="BGR", scale=255.0, mean=(10
 def toy_world(tmp_path_factory):
     """The toy family, two releases (per-image and fixed BGR preprocessing), its weights and a dataset."""
     mp = pytest.MonkeyPatch()
-    mp.setitem(FAMILIES, "toy", Family(
-        arch="toy", build=build, default_tap="s3-gap", finetune={"s2": "s3"},
-        taps=(TapInfo("s1", 4, 2, "convs.0"), TapInfo("s2", 6, 4, "convs.1"), TapInfo("s3", 8, 8, "convs.2"),
-              TapInfo("emb", 5, 0, "emb", "vector"))))
+    mp.setitem(FAMILIES, "toy", toy_family())
     for name, pre in (("toy.v1", PER_IMAGE), ("toy.bgr", FIXED_BGR)):
         mp.setitem(RELEASES, name, Release(name=name, description="a toy family", source="test", license="CC0",
                                            source_file="toy.safetensors", arch="toy", preprocess=pre))

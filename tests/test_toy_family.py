@@ -45,13 +45,17 @@ def build(sd):
     return m.eval()
 
 
+def toy_family() -> Family:
+    """The toy family's registry entry: its taps as data, one fine-tune split."""
+    return Family(arch="toy", build=build, default_tap="s3-gap", finetune={"s2": "s3"},
+                  taps=(TapInfo("s1", 4, 2, "convs.0"), TapInfo("s2", 6, 4, "convs.1"),
+                        TapInfo("s3", 8, 8, "convs.2"), TapInfo("emb", 5, 0, "emb", "vector")))
+
+
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     """Register the toy family and its release (and take them away again afterwards)."""
-    monkeypatch.setitem(FAMILIES, "toy", Family(
-        arch="toy", build=build, default_tap="s3-gap", finetune={"s2": "s3"},
-        taps=(TapInfo("s1", 4, 2, "convs.0"), TapInfo("s2", 6, 4, "convs.1"), TapInfo("s3", 8, 8, "convs.2"),
-              TapInfo("emb", 5, 0, "emb", "vector"))))
+    monkeypatch.setitem(FAMILIES, "toy", toy_family())
     release = Release(name="toy.v1", description="a toy family", source="test", license="CC0",
                       source_file="toy.safetensors", arch="toy",
                       preprocess=Preprocess(size=16, resize=18, channels="RGB", scale=255.0, crop=0.9,
