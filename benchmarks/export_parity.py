@@ -5,10 +5,12 @@
 
 For each base and store dtype (--dtypes; float16 is featx's default): a store of --train `utkface`
 photos (rows of featx's seed-0 train and val splits; the base in fp32, `featx extract --precision
-fp32`), every head kind trained on it, all heads exported to one file; the float16 store's logistic
-regression (the gender model) also to a file of its own. On --n photos of `utkface`'s seed-0 test split (never trained on):
+fp32`, with mirrored features), every classifier kind trained on gender, a logistic regression trained
+with the mirrored features too (its answers average the photo and its mirror image), every regression
+kind on age; all heads exported to one file; the logistic regression (the gender model) also to a file of
+its own. On --n photos of `utkface`'s seed-0 test split (never trained on):
 
-- parity: featx's predict path at fp32 (featx.predict.HeadModel: Extractor, then head.predict_proba)
+- parity: featx's predict path at fp32 (featx.predict.HeadModel: Extractor, then SavedHead.outputs)
   against the exported file under onnxruntime (`featx predict --model`'s OnnxModel), largest
   |difference| in any class probability, per head kind;
 - speed: `featx predict --head` (iter_predictions, its default `auto` precision) against
@@ -34,6 +36,8 @@ from featx.data import Manifest, load
 BASES = {"dlib.resnet": "embedding+pooled", "facenet.casia": "embedding+block8-gap",
          "vgg16.hed": "pool4-gap+pool5-gap"}
 KINDS = ("logreg", "linear-svm", "rbf-svm", "mlp", "sgd")
+MIRROR = "logreg-mirror"  # a logreg trained with mirrored features (--augment-flip): answers average both
+REGRESSORS = ("ridge", "rbf-ridge", "mlp-regress", "sgd-regress")  # on `age`
 
 
 def subset(m: Manifest, split: str, n: int) -> list[int]:
@@ -43,45 +47,51 @@ def subset(m: Manifest, split: str, n: int) -> list[int]:
 def train_manifest(m: Manifest, n: int) -> Manifest:
     rows = subset(m, "train", n - n // 8) + subset(m, "val", n // 8)
     return Manifest(root=m.root, paths=[m.paths[i] for i in rows], labels=[m.labels[i] for i in rows],
-                    splits=[m.splits[i] for i in rows], source="csv", split_by="featx data seed 0 (subset)")
+                    splits=[m.splits[i] for i in rows], source="csv", split_by="featx data seed 0 (subset)",
+                    extras={k: [v[i] for i in rows] for k, v in m.extras.items()}, types=m.types)
 
 
 def train_heads(m: Manifest, base: str, work: Path, dtype: str) -> dict[str, Path]:
+    """Every classifier kind on gender, a mirror-averaging logreg, every regression kind on age."""
     from featx.extract import extract
-    from featx.training import train
+    from featx.training import open_store, train, use_target
 
     store = work / f"{base}-{dtype}.zarr"
     extract(m, base, str(store), tap=BASES[base], precision="fp32", device="cpu", progress=False, workers=1,
-            dtype=dtype)
+            dtype=dtype, flip_tta=True)
+    plan = [(k, k, "label", False) for k in KINDS] + [(MIRROR, "logreg", "label", True)]
+    plan += [(k, k, "age", False) for k in REGRESSORS]
     heads = {}
-    for kind in KINDS:
-        out = work / f"{base}-{dtype}" / kind
+    for name, kind, target, flip in plan:
+        out = work / f"{base}-{dtype}" / name
         if not (out / "head.json").is_file():
-            train(str(store), kind, out)
-        heads[kind] = out
+            train(use_target(open_store(str(store)), None if target == "label" else target, "auto"), kind, out,
+                  augment_flip=flip)
+        heads[name] = out
     return heads
 
 
 def parity(heads: dict[str, Path], onnx_all: Path, photos: list[Path]) -> dict[str, float]:
-    """Largest |Δprob| per head kind: featx's HeadModel at fp32 vs the several-head file."""
+    """Largest |Δprob| (regression: |Δvalue| in years) per head: featx predict's own path (HeadModel at
+    fp32: one base, features and mirrored features, SavedHead.outputs) vs the several-head file."""
     import torch
 
     from featx.export import OnnxModel
-    from featx.heads import load_head
     from featx.images import open_rgb
     from featx.predict import HeadModel, load_heads
 
-    head, card = load_head(heads["logreg"])
-    hm = HeadModel(load_heads(heads["logreg"]), None, "cpu", "fp32")
+    hm = HeadModel(load_heads(list(heads.values())), None, "cpu", "fp32")
     om = OnnxModel(onnx_all, "cpu", "logreg")
     chips = np.stack([hm.pixels(open_rgb(p)) for p in photos])
     assert np.array_equal(chips, np.stack([om.pixels(open_rgb(p)) for p in photos]))
-    feats = np.concatenate([hm.ex(torch.from_numpy(chips[s:s + 16]))[0] for s in range(0, len(chips), 16)])
+    base = hm.bases[0]
+    runs = [base.ex(torch.from_numpy(chips[s:s + 16])) for s in range(0, len(chips), 16)]
+    feats, flips = (np.concatenate([np.asarray(r[k], np.float32) for r in runs]) for k in (0, 1))
     got = {k: np.concatenate([om.run(chips[s:s + 16])[k] for s in range(0, len(chips), 16)]) for k in heads}
     out = {}
-    for kind, d in heads.items():
-        h, _ = load_head(d)  # every head of a base reads the same tap: featx's answer is predict_proba(feats)
-        out[kind] = float(np.abs(h.predict_proba(np.asarray(feats, np.float32)) - got[kind]).max())
+    for h, cols in base.heads:
+        want = h.outputs(feats[:, cols], flips[:, cols] if h.mirror else None)
+        out[h.name] = float(np.abs(want - got[h.name]).max())
     return out
 
 
@@ -128,7 +138,7 @@ def run_base(base: str, m: Manifest, photos: list[Path], work: Path, rounds: int
     for dtype in ARGS.dtypes.split(","):
         heads = train_heads(train_manifest(m, ARGS.train), base, work, dtype)
         folder = work / f"{base}-{dtype}"
-        card = export_onnx([heads[k] for k in KINDS], folder / "all" / "model.onnx")
+        card = export_onnx(list(heads.values()), folder / "all" / "model.onnx")
         res["parity"][dtype] = parity(heads, folder / "all" / "model.onnx", photos)
         res["opset"], res["all_mb"] = card["export"]["opset"], (folder / "all" / "model.onnx").stat().st_size / 1e6
         if ARGS.speed and "speed" not in res:  # the first dtype's gender model (float16: featx's default store)
@@ -152,13 +162,14 @@ def report(results: dict) -> None:
 
     print(f"\nonnxruntime {onnxruntime.__version__}, torch {torch.__version__}, opset "
           f"{next(iter(results.values()))['opset']}; {cpu()}; utkface test photos\n")
-    print("| base | tap | store dtype | photos | " + " | ".join(KINDS) + " |")
-    print("|---|---|---|---|" + "---|" * len(KINDS))
+    cols = (*KINDS, MIRROR, *REGRESSORS)
+    print("| base | tap | store dtype | photos | " + " | ".join(cols) + " |")
+    print("|---|---|---|---|" + "---|" * len(cols))
     for b, r in results.items():
         for dtype, par in r["parity"].items():
-            print(f"| {b} | {r['tap']} | {dtype} | {r.get('n', 256)} | " + " | ".join(f"{par[k]:.1e}" for k in KINDS)
-                  + " |")
-    print("\n| base | gender file MB | all 5 heads MB | featx predict img/s (precision) | onnxruntime img/s | ratio |"
+            print(f"| {b} | {r['tap']} | {dtype} | {r.get('n', 256)} | "
+                  + " | ".join(f"{par[k]:.1e}" if k in par else "" for k in cols) + " |")
+    print("\n| base | gender file MB | all 10 heads MB | featx predict img/s (precision) | onnxruntime img/s | ratio |"
           " max Δprob featx auto vs onnx |")
     print("|---|---|---|---|---|---|---|")
     for b, r in results.items():

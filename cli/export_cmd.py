@@ -16,15 +16,14 @@ def export(
                                                 "<name>.json and MODEL_CARD.md go beside it."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="The base's weights file, when not the cached "
                                                                    "release; must match the heads' sha256."),
-    mirror: bool = typer.Option(False, "--mirror-average", help="Average each answer over the photo and its "
-                                                                "mirror image, in the graph (two passes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
 ) -> None:
-    """Export heads and their base to one ONNX file: uint8 RGB chips in, each head's answers out."""
+    """Export heads and their base to one ONNX file: uint8 RGB chips in, each head's answers out. Heads
+    trained with --augment-flip answer with the mean over the photo and its mirror image, as predict does."""
     from featx.export import ExportOptions, export_onnx
 
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    card = export_onnx(heads, out, ExportOptions(weights=weights, mirror=mirror, progress=say))
+    card = export_onnx(heads, out, ExportOptions(weights=weights, progress=say))
     size = Path(out).stat().st_size / 1e6
     names = ", ".join(f"{o['name']} ({o['head']}, " + (f"{len(o['classes'])} classes)" if o["classes"] else
                                                         f"{o['target']})") for o in card["outputs"])

@@ -4,8 +4,9 @@
     model = OnnxModel("out/model.onnx")         # checked against its card; what `featx predict --model` runs
 
 The graph (featx.export_graph.Pipeline) is featx's own prediction path: the release's preprocessing,
-the base up to each head's tap, the tap's pooling, the store dtype's rounding, the head's
-standardisation and the head. torch.onnx's exporter (torch.export based) writes it; onnx.checker
+the base up to each head's tap, the tap's pooling (features at full precision: a float16 store's
+rounding is storage, not model), the head's standardisation and the head, averaged over the photo and
+its mirror image for heads trained with mirrored features. torch.onnx's exporter (torch.export based) writes it; onnx.checker
 checks the file; onnxruntime runs it on a test batch and must agree with the torch module before
 anything is written. Needs the extra featx[export].
 """
@@ -28,7 +29,8 @@ VERSION = 1
 OPSET = 20
 INPUT = "image"
 CARD_MD = "MODEL_CARD.md"
-AGREE = 1e-5  # onnxruntime vs the torch module at export (largest difference in any output)
+AGREE = 1e-5  # onnxruntime vs the torch module at export: largest difference in a probability
+AGREE_VALUE = 1e-4  # ... in a regressed value, in its own units (years of age: the issue's bound is 1e-3)
 EXTRA = "pip install 'featx[export]'"
 
 
@@ -58,7 +60,6 @@ class Source:
 @dataclass
 class ExportOptions:
     weights: str | Path | None = None  # the base's weights file, when not the cached release
-    mirror: bool = False  # average each answer over the photo and its mirror image
     opset: int = OPSET
     progress: object = field(default=lambda msg: None)  # one-line messages
 
@@ -116,14 +117,12 @@ def load_base(sources: list[Source], weights):
     return release, model, sha, backbone
 
 
-def build_pipeline(sources: list[Source], release, model, mirror: bool):
+def build_pipeline(sources: list[Source], release, model):
     from .export_graph import HeadPart, Pipeline, head_module
+    from .training import mirrored
 
-    parts = []
-    for s in sources:
-        taps = release.parse_tap(s.prov["tap"])
-        parts.append(HeadPart(list(taps), (s.prov.get("dtype") or "float32") == "float16", head_module(s.head)))
-    return Pipeline(model, release.preprocess, parts, mirror).eval()
+    parts = [HeadPart(list(release.parse_tap(s.prov["tap"])), mirrored(s.card), head_module(s.head)) for s in sources]
+    return Pipeline(model, release.preprocess, parts).eval()
 
 
 def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -> dict:
@@ -139,7 +138,7 @@ def export_onnx(head_dirs, out: str | Path, opts: ExportOptions | None = None) -
         need(module)
     sources = load_sources(head_dirs)
     release, model, sha, _ = load_base(sources, opts.weights)
-    pipe = build_pipeline(sources, release, model, opts.mirror)
+    pipe = build_pipeline(sources, release, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = release.preprocess.size
     tmp = out.with_name(f".{out.name}.tmp")
@@ -215,7 +214,7 @@ def check_file(pipe, path: Path, size: int, names: list[str]) -> None:
     got = sess.run(names, {INPUT: x.numpy()})
     for n, a, b in zip(names, want, got):
         diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-        if not diff <= AGREE:
+        if not diff <= (AGREE if a.ndim == 2 else AGREE_VALUE):
             raise FeatxError(f"onnxruntime and torch disagree on output {n} of the exported file by {diff:.2e}")
 
 
@@ -229,6 +228,7 @@ def file_sha256(path: Path) -> str:
 
 def output_record(s: Source) -> dict:
     from .heads.card import card_digest
+    from .training import mirrored
 
     prov = s.prov
     task = {"name": s.name, "head_dir": str(s.dir), "head": s.head.kind, "task": "classification",
@@ -241,7 +241,7 @@ def output_record(s: Source) -> dict:
     rec = {**task, "tap": prov.get("tap"),
            "store_dtype": prov.get("dtype") or "float32", "store_precision": prov.get("precision"),
            "head_card_sha256": s.card.get("card_sha256") or card_digest(s.card),
-           "augment_flip": bool(s.card.get("training", {}).get("augment_flip")),
+           "mirror_average": mirrored(s.card),
            "evaluation": evaluations(s)}
     return rec
 
@@ -296,7 +296,6 @@ def model_card(sources: list[Source], release, sha: str, out: Path, opts: Export
                   "in_graph": f"{p.channels} order, values {'0-255' if p.scale == 255 else '0-1'}, " + (
                       "per-image standardisation" if p.norm == "per-image" else f"minus mean {list(p.mean)}, "
                       f"divided by std {list(p.std)}")},
-        "mirror_average": opts.mirror,
         "outputs": [output_record(s) for s in sources],
         "export": {"opset": opts.opset, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__,
                    "onnxruntime_checked": onnxruntime.__version__, "featx": __version__,
@@ -331,12 +330,14 @@ def card_markdown(card: dict) -> str:
                 if r.get("fine_tuned") else ""),
              f"- Input `{i['name']}`: uint8 {i['layout']} {i['shape']}, RGB. Chip: {i['chip']}. "
              f"The graph does the rest: {i['in_graph']}.",
-             f"- Mirror averaging in the graph: {'yes' if card['mirror_average'] else 'no'}", ""]
+             ""]
     for o in card["outputs"]:
         what = (f"Probabilities [batch, {len(o['classes'])}] over classes {o['classes']} (in this order)."
                 if o["task"] == "classification" else
                 f"The predicted {o['target']} [batch], in its own units (clipped to the training range {o['range']}).")
-        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "", what, ""]
+        mirror = " The mean over the photo and its mirror image (the head was trained with both)." if o.get(
+            "mirror_average") else ""
+        lines += [f"## Output `{o['name']}` ({o['head']} head on tap `{o['tap']}`)", "", what + mirror, ""]
         for ev in o["evaluation"]:
             figs = "; ".join(f"{k} {v['value']:.3f}" + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
                                                          if v.get("interval") else "")

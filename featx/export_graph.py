@@ -1,9 +1,9 @@
 """featx's prediction path as one torch module: uint8 RGB chips -> preprocessing -> base -> taps -> heads.
 
 It is what `featx export` hands to torch's ONNX exporter. Each piece follows the featx code it
-mirrors: `Normalise` is Extractor.normalize, the taps are featx.backbones.forward_taps + pool, the
-store dtype rounding is Extractor.__call__'s, and each head module computes its kind's `_proba` (in
-float64, as featx's numpy heads do; the MLP in float32 as mlp_forward does).
+mirrors: `Normalise` is Extractor.normalize, the taps are featx.backbones.forward_taps + pool (at full
+precision, as predict computes them), each head module computes its kind's `_proba` (in float64, as
+featx's numpy heads do; the MLP in float32 as mlp_forward does), and mirror averaging is predict's.
 """
 
 from __future__ import annotations
@@ -210,39 +210,41 @@ def head_module(head) -> nn.Module:
 
 @dataclass
 class HeadPart:
-    """One head of the graph: its tap parts (e.g. ["pool4-gap", "pool5-gap"]), store dtype and module."""
+    """One head of the graph: its tap parts (e.g. ["pool4-gap", "pool5-gap"]) and module; `mirror`: the
+    head was trained with mirrored-image features and answers with the mean over the photo and its mirror."""
 
     parts: list[str]
-    half: bool  # the head's store kept float16 features: round as Extractor does
+    mirror: bool
     module: nn.Module
 
 
 class Pipeline(nn.Module):
-    """Chips in, one output per head: the base runs once for all heads (and once more, mirrored, with mirror)."""
+    """Chips in, one output per head: the base runs once for all heads (on the photos and their mirror
+    images together when a head averages both)."""
 
-    def __init__(self, base: nn.Module, preprocess: Preprocess, heads: list[HeadPart], mirror: bool = False):
+    def __init__(self, base: nn.Module, preprocess: Preprocess, heads: list[HeadPart]):
         super().__init__()
         self.normalise, self.base = Normalise(preprocess), base.eval().requires_grad_(False)
         self.parts = [h.parts for h in heads]
-        self.half = [h.half for h in heads]
+        self.mirrors = [h.mirror for h in heads]
         self.heads = nn.ModuleList(h.module for h in heads)
         self.stages = set().union(*(stages_needed(p) for p in self.parts))
-        self.mirror = mirror
+        self.mirror = any(self.mirrors)
 
     def forward(self, x_u8: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.normalise(x_u8)
+        n = x.shape[0]
         if self.mirror:
             x = torch.cat([x, x.flip(3)])
         outs = forward_taps(self.base, x, self.stages)
         results = []
-        for parts, half, head in zip(self.parts, self.half, self.heads):
+        for parts, mirror, head in zip(self.parts, self.mirrors, self.heads):
             f = torch.cat([tap_part(outs, p) for p in parts], 1).flatten(1).float()
-            if half:
-                f = f.clamp(-65504.0, 65504.0).half().float()
-            y = head(f)
-            if self.mirror:  # mean of the photo's and the mirrored photo's answers
-                y = y.reshape(2, -1, *y.shape[1:]).mean(0)
-            results.append(y.float())
+            if not mirror:
+                results.append(head(f[:n]).float())
+                continue
+            y = head(f)  # the mean of the photo's and the mirror image's answers
+            results.append(((y[:n] + y[n:]) / 2).float())
         return tuple(results)
 
 

@@ -4,7 +4,8 @@
         print(p.to_dict())
 
 Uses featx.extract.Extractor, so photos go through exactly the path (resize/crop, normalisation,
-precision policy, store dtype rounding) that produced the head's training features.
+precision policy) that produced the head's training features; features stay float32 (a float16 store's
+rounding is storage), and heads trained with mirrored features answer with the mean over both images.
 """
 
 from __future__ import annotations
@@ -171,13 +172,26 @@ class SavedHead:
     card: dict
     folder: Path
 
-    def answer(self, X: np.ndarray) -> list[dict]:
+    @property
+    def mirror(self) -> bool:
+        """Trained with mirrored-image features: answers are the mean over the photo and its mirror."""
+        from .training import mirrored
+
+        return mirrored(self.card)
+
+    def outputs(self, X: np.ndarray, X_mirror: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (a regressed target: values) per row; with X_mirror, the mean of both."""
+        fn = self.head.predict if self.card.get("task") == "regress" else self.head.predict_proba
+        return fn(X) if X_mirror is None else (fn(X) + fn(X_mirror)) / 2
+
+    def answer(self, X: np.ndarray, X_mirror: np.ndarray | None = None) -> list[dict]:
         """Each row's answer: {label, probability, probabilities} or, for a regressed target, {value}."""
+        out_ = self.outputs(X, X_mirror)
         if self.card.get("task") == "regress":
-            return [{"value": float(v)} for v in self.head.predict(X)]
+            return [{"value": float(v)} for v in out_]
         classes = list(self.card["classes"])
         out = []
-        for p in self.head.predict_proba(X):
+        for p in out_:
             k = int(p.argmax())
             out.append({"label": classes[k], "probability": float(p[k]),
                         "probabilities": {c: float(v) for c, v in zip(classes, p)}})
@@ -210,17 +224,17 @@ def base_for(folder, prov: dict, weights=None, heads: bool = False):
 
 
 class Base:
-    """One base (backbone, weights, preprocessing, dtype) and every head on it: one forward per photo
-    for all of them, at the union of their taps; each head reads its own columns."""
+    """One base (backbone, weights, preprocessing) and every head on it: one forward per photo for all of
+    them (and one for its mirror image when a head averages both), at the union of their taps; each head
+    reads its own columns. Features stay float32: a float16 store's rounding is storage, not model."""
 
-    def __init__(self, backbone: str, loaded, dtype: str, heads: list[SavedHead], device: str = "auto",
-                 precision: str = "auto"):
+    def __init__(self, backbone: str, loaded, heads: list[SavedHead], device: str = "auto", precision: str = "auto"):
         from .backbones import tap_dim
         from .extract.extractor import Extractor
 
         parts = list(dict.fromkeys(p for h in heads for p in h.card["provenance"]["tap"].split("+")))
-        self.ex = Extractor(backbone, tap="+".join(parts), device=device, precision=precision, dtype=dtype,
-                            loaded=loaded)
+        self.ex = Extractor(backbone, tap="+".join(parts), device=device, precision=precision, dtype="float32",
+                            loaded=loaded, flip_tta=any(h.mirror for h in heads))
         dims = [int(np.prod(tap_dim(self.ex.model, p, self.ex.preprocess.size, self.ex.device))) for p in parts]
         start = dict(zip(parts, np.cumsum([0] + dims[:-1])))
         size = dict(zip(parts, dims))
@@ -232,11 +246,12 @@ class Base:
         import torch
 
         pixels = np.stack([np.array(self.ex.preprocess.resize_crop(im), dtype=np.uint8) for im in imgs])
-        feats, _ = self.ex(torch.from_numpy(pixels))
+        feats, flips = self.ex(torch.from_numpy(pixels))
         feats = np.asarray(feats, np.float32).reshape(len(imgs), -1)
+        flips = None if flips is None else np.asarray(flips, np.float32).reshape(len(imgs), -1)
         out: list[dict[str, dict]] = [{} for _ in imgs]
         for h, cols in self.heads:
-            for o, a in zip(out, h.answer(feats[:, cols])):
+            for o, a in zip(out, h.answer(feats[:, cols], flips[:, cols] if h.mirror else None)):
                 o[h.name] = a
         return out
 
@@ -249,9 +264,9 @@ class HeadModel:
         for h in heads:
             backbone, loaded = checked_base(h, weights)
             prov = h.card["provenance"]
-            key = (backbone, loaded[2], str(prov.get("preprocess")), prov.get("dtype") or "float32")
+            key = (backbone, loaded[2], str(prov.get("preprocess")))
             groups.setdefault(key, (loaded, []))[1].append(h)
-        self.bases = [Base(k[0], loaded, k[3], hs, device, precision) for k, (loaded, hs) in groups.items()]
+        self.bases = [Base(k[0], loaded, hs, device, precision) for k, (loaded, hs) in groups.items()]
         self.single = heads[0].name if len(heads) == 1 else None
         modes = {(h.card["provenance"].get("faces") or {}).get("mode") for h in heads}
         if len(modes) > 1:

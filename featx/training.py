@@ -107,17 +107,26 @@ def store_label(store, given=None) -> str:
     return name[:-5] if name.endswith(".zarr") else name
 
 
-def predict_rows(head: Head, store, idx: np.ndarray, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_rows(head: Head, store, idx: np.ndarray, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(rows, proba) for store rows `idx` (a regression head: (rows, values)), one stored chunk at a time
-    (bounded memory); rows ascending."""
+    (bounded memory); rows ascending. `mirror` (a head trained with mirrored features, on a store that
+    has them): the mean of the answers for each photo and its mirror image, as predict and export give."""
     regress = getattr(head, "task", "classify") == "regress"
-    rows_out, out = [], []
-    for rows, X in store.iter_chunks(idx, flip=flip):
-        rows_out.append(np.asarray(rows))
-        out.append(head.predict(X) if regress else head.predict_proba(X))
-    if not rows_out:
-        return np.zeros(0, np.int64), np.zeros(0) if regress else np.zeros((0, getattr(head, "n_classes_", None) or 2))
-    return np.concatenate(rows_out), np.concatenate(out)
+    answer = head.predict if regress else head.predict_proba
+    flips = (False, True) if mirror and getattr(store, "has_flip", False) else (False,)
+    rows, out = np.zeros(0, np.int64), 0.0
+    for flip in flips:
+        parts = [(r, answer(X)) for r, X in store.iter_chunks(idx, flip=flip)]
+        if not parts:
+            return rows, np.zeros(0) if regress else np.zeros((0, getattr(head, "n_classes_", None) or 2))
+        rows = np.concatenate([np.asarray(r) for r, _ in parts])
+        out = out + np.concatenate([y for _, y in parts]) / len(flips)
+    return rows, out
+
+
+def mirrored(card: dict) -> bool:
+    """Whether a head answers with the mean over each photo and its mirror image (trained with them)."""
+    return bool(card.get("training", {}).get("augment_flip"))
 
 
 # ---------- train(): a store in, a saved head out ----------

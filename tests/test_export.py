@@ -110,16 +110,19 @@ def test_every_head_kind_in_one_file_matches_featx_predict(exported, toy_heads):
 
 
 def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
-    """BGR + fixed mean/std preprocessing, a float32 store, another pooling; --mirror-average takes the
-    mean of featx's answers on the photo and on its mirror image."""
+    """BGR + fixed mean/std preprocessing, a float32 store, another pooling; a head trained with mirrored
+    features answers with the mean over the photo and its mirror image: in the graph, in featx predict
+    and in evaluate on the store."""
     from featx.export import ExportOptions, OnnxModel, export_onnx
     from featx.heads import load_head
     from featx.predict import HeadModel, load_heads
+    from featx.store import FeatureStore
+    from featx.training import predict_rows
     from PIL import Image
 
     root, weights, photos, heads = toy_heads
     mirrored = tmp_path / "mirror" / "m.onnx"
-    export_onnx([heads["bgr"]], mirrored, ExportOptions(weights=weights, mirror=True))
+    export_onnx([heads["bgr"]], mirrored, ExportOptions(weights=weights))
     head, card = load_head(heads["bgr"])
     hm = HeadModel(load_heads(heads["bgr"]), weights, "cpu", "fp32")
     chips = np.stack([hm.pixels(Image.open(p).convert("RGB")) for p in sorted(photos.iterdir())])
@@ -127,9 +130,21 @@ def test_fixed_bgr_release_and_mirror_average(toy_heads, tmp_path):
     got = OnnxModel(mirrored, "cpu").run(chips)["bgr"]
     assert np.abs(got - (plain + flipped) / 2).max() <= PARITY
     assert np.abs(got - plain).max() > 1e-3  # the mirror pass did something
-    assert json.loads(mirrored.with_suffix(".json").read_text())["mirror_average"] is True
+    assert np.abs(featx_proba(heads["bgr"], photos, weights) - got).max() <= PARITY  # featx predict averages too
+    assert json.loads(mirrored.with_suffix(".json").read_text())["outputs"][0]["mirror_average"] is True
     assert readme_snippet(mirrored, sorted(photos.iterdir())[3], tmp_path) == pytest.approx(
         dict(zip(card["classes"], got[3].tolist())), abs=1e-3)  # the README's onnxruntime-only lines: same chip
+
+    store = FeatureStore.open(str(root / "b.zarr"))
+    idx = store.indices("all")
+    rows, both = predict_rows(head, store, idx, mirror=True)
+    _, one = predict_rows(head, store, idx)
+    _, other = (rows, np.concatenate([head.predict_proba(X) for _, X in store.iter_chunks(idx, flip=True)]))
+    assert np.allclose(both, (one + other) / 2) and np.abs(both - one).max() > 1e-3
+    from featx.report.evaluate import evaluate
+
+    m = evaluate(heads["bgr"], str(root / "b.zarr"), split="all", report_dir=tmp_path / "rep")
+    assert m["context"]["mirror_average"] is True
 
 
 def readme_snippet(model, photo, where) -> dict:

@@ -126,7 +126,7 @@ def evaluate(head_dir: str | Path, store, split: str = "test", by=None, report_d
 
 def evaluate_classifier(e: EvalRequest, report_dir: str | Path) -> dict:
     """Score a classifier head on e.split of the store; metrics.json, report.md, report.html and plots."""
-    from ..training import predict_rows
+    from ..training import mirrored, predict_rows
     from .html import EvalRun, column_kinds, enrich, write_page
 
     store, card = e.store, e.card
@@ -142,7 +142,8 @@ def evaluate_classifier(e: EvalRequest, report_dir: str | Path) -> dict:
     to_head = np.asarray([head_classes.index(c) for c in store_classes], np.int64)
 
     t0 = time.perf_counter()
-    rows, proba = predict_rows(e.head, store, idx)
+    mirror = mirrored(card) and bool(getattr(store, "has_flip", False))
+    rows, proba = predict_rows(e.head, store, idx, mirror)
     predict_seconds = time.perf_counter() - t0
     y = to_head[np.asarray(store.labels)[rows]]
     values = {c: np.asarray(store.extras[c])[rows] for c in e.columns}
@@ -153,6 +154,7 @@ def evaluate_classifier(e: EvalRequest, report_dir: str | Path) -> dict:
         "split": e.split, "release": card["provenance"].get("release"), "tap": card["provenance"].get("tap"),
         "same_manifest": card["provenance"].get("manifest_hash") == store.attrs.get("manifest_hash"),
         "target": card.get("target", "label"), "left_out": store.missing(e.split) if hasattr(store, "missing") else 0,
+        "mirror_average": mirror,
     }
     run = EvalRun(rows, y, proba, store, card, groups, round(predict_seconds, 4), e.bins)
     enrich(metrics, run)  # adds intervals, extra_groups, calibration, timing, provenance

@@ -233,20 +233,11 @@ def target_values(store, target: str) -> np.ndarray:
     return out
 
 
-def predict_values(head, store, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, predictions) for store rows `idx`, one stored chunk at a time (bounded memory); rows ascending."""
-    rows, preds = [], []
-    for r, X in store.iter_chunks(idx):
-        rows.append(np.asarray(r))
-        preds.append(head.predict(X))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0)
-    return np.concatenate(rows), np.concatenate(preds)
-
-
 def evaluate_regression(e: EvalRequest, report_dir: str | Path) -> dict:
     """Score a regression head on e.split of the store (rows without a value are left out, and counted)."""
     import time
+
+    from ..training import mirrored, predict_rows
 
     target = e.card.get("target") or "target"
     store = e.store.use(target, "regress") if hasattr(e.store, "use") else e.store  # typed targets: this one
@@ -256,7 +247,8 @@ def evaluate_regression(e: EvalRequest, report_dir: str | Path) -> dict:
     if len(idx) == 0:
         raise FeatxError(f"the store has no usable {e.split} rows with a value for {target!r}")
     t0 = time.perf_counter()
-    rows, pred = predict_values(e.head, store, idx)
+    mirror = mirrored(e.card) and bool(getattr(store, "has_flip", False))
+    rows, pred = predict_rows(e.head, store, idx, mirror)
     seconds = round(time.perf_counter() - t0, 4)
     cols = {c: np.asarray(store.extras[c])[rows] for c in e.columns}
     groups = group_labels(cols, column_kinds(store, cols), e.bins)
@@ -264,6 +256,7 @@ def evaluate_regression(e: EvalRequest, report_dir: str | Path) -> dict:
     context = {"head": e.head_dir, "head_type": e.card["head"], "store": e.store_name, "split": e.split,
                "release": prov.get("release"), "tap": prov.get("tap"), "target": target,
                "missing_target": int(len(store.indices(e.split)) - len(idx)),
-               "same_manifest": prov.get("manifest_hash") == store.attrs.get("manifest_hash")}
+               "same_manifest": prov.get("manifest_hash") == store.attrs.get("manifest_hash"),
+               "mirror_average": mirror}
     run = RegressionRun(rows, values[rows], pred, store, e.card, target, groups, seconds, context, e.bins)
     return regression_report(report_dir, run)
