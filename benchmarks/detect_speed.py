@@ -15,7 +15,9 @@ with dlib: featx at dlib's geometry against dlib at the same upsampling, featx's
 the ratio's base; for each face dlib found, the best IoU among featx's faces (recall at IoU 0.5, median
 IoU of those, share >= 0.95) and the faces featx found beyond dlib's count. The dlib.resnet backbone
 (featx's Extractor, release preprocessing, fp32) runs on the same crops at 150 px for the "backbone's
-own rate". dlib's CPU seconds per wall second are printed at the end (how many threads it keeps busy).
+own rate", and featx's face stage (`FaceStage`, as `extract --faces align` and `predict` run it: large
+faces first for extraction, every face from 80 px for predict; its searches alone, and with the 5
+points and the chip) on both. dlib's CPU seconds per wall second are printed at the end.
 """
 
 from __future__ import annotations
@@ -128,6 +130,30 @@ def featx_run(det: FaceDetector, threads: int = 0, **kw):
     return fn
 
 
+def stage_run(coarse: float | None, detect_only: bool = False):
+    """featx's face stage as extraction (coarse: largest face first) or predict (coarse None) runs it:
+    its searches only, or detector + 5 points + dlib.resnet's chip."""
+    from featx.faces.stage import FaceStage
+    from featx.releases import get_release
+
+    stage = FaceStage("align", get_release("dlib.resnet").chip, coarse=coarse)
+    stage.faces_many([np.zeros((250, 250, 3), np.uint8)])  # loads both models
+
+    def fn(part, _):
+        t = time.perf_counter()
+        if detect_only:
+            boxes = [[list(f.box) for f in fs] for fs in stage.detect(part)]
+        else:
+            boxes = [[list(f.box) for f in fs] for fs in stage.faces_many(part)]
+        return time.perf_counter() - t, boxes
+    return fn
+
+
+STAGE_RUNS = {"featx stage detect, extraction policy": (0.5, True),
+              "featx stage detect+5 points+chip, extraction policy": (0.5, False),
+              "featx stage detect+5 points+chip, predict policy": (None, False)}
+
+
 def report(title: str, results: dict, n: int, base: str) -> None:
     """img/s, ratio to `base`, agreement with dlib at the same upsampling (featx's own settings: with `base`)."""
     print(f"\n{title}; ratios to {base}")
@@ -179,7 +205,8 @@ def main() -> None:
                 "featx upsample 1 (dlib geometry), 1 thread": featx_run(det, threads=1, upsample=1),
                 "featx upsample 0 (dlib geometry)": featx_run(det, upsample=0),
                 **{f"featx min_face {m}, max_face 250": featx_run(det, min_face=m, max_face=250) for m in (50, 60, 80, 100)},
-                "featx min_face 80, max_face 250, bf16": featx_run(det16, min_face=80, max_face=250)}
+                "featx min_face 80, max_face 250, bf16": featx_run(det16, min_face=80, max_face=250),
+                **{k: stage_run(*v) for k, v in STAGE_RUNS.items()}}
         sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
         report(f"frames ({len(frames)} images, {', '.join(sizes)})", run_all(runs, frames, args.batch), len(frames),
                "dlib upsample 1")
@@ -188,6 +215,7 @@ def main() -> None:
                 "featx upsample 0 (dlib geometry)": featx_run(det, upsample=0),
                 "featx min_face 120, max_face 240 (crops)": featx_run(det, min_face=120, max_face=240),
                 "featx min_face 160, max_face 240 (crops)": featx_run(det, min_face=160, max_face=240),
+                **{k: stage_run(*v) for k, v in STAGE_RUNS.items()},
                 "backbone dlib.resnet 150 px fp32": backbone_run(crops)}
         report(f"crops ({len(crops)} UTKFace photos, 200x200)", run_all(runs, crops, args.batch), len(crops),
                "dlib upsample 0")

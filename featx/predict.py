@@ -76,7 +76,7 @@ class StageCropper:
     def __init__(self, mode: str, chip):
         from .faces.stage import FaceStage
 
-        self.stage = FaceStage(mode, chip)
+        self.stage = FaceStage(mode, chip, coarse=None)  # every face, not just the largest
 
     def crops(self, img) -> list[tuple[list[int], object]] | str:
         """[(box, chip image), ...] for every face, or the reason there is none."""

@@ -25,24 +25,26 @@ CHIP = Chip("dlib5", 48, padding=0.25)
 
 class SquareDetector:
     """Stand-in for dlib's CNN: every bright square (mean > 200) of side >= min_face is a face, its box the
-    square; `calls` keeps the min_face of each search."""
+    square; `calls` keeps the min_face of each search (and max_face, in `ranges`)."""
 
     calls: list = []
+    ranges: list = []
 
     window = 24
 
     def too_small(self, nr: int, nc: int, options=None) -> bool:
         return min(nr, nc) < self.window
 
-    def __call__(self, images, min_face=0, **kw):
+    def __call__(self, images, min_face=0, max_face=None, **kw):
         SquareDetector.calls.append((len(images), min_face))
+        SquareDetector.ranges.append((min_face, max_face))
         out = []
         for a in images:
             labels, n = ndimage.label(np.asarray(a).mean(2) > 200)
             faces = []
             for sl in ndimage.find_objects(labels):
                 t, b, l, r = sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
-                if r - l + 1 >= min_face:
+                if min_face <= r - l + 1 <= (max_face or np.inf):
                     faces.append(Face((l, t, r, b), 1.0, (l, t, r, b)))
             out.append(faces)
         return out
@@ -99,6 +101,26 @@ def test_small_faces_searched_again_only_where_none_was_found(fake_models):
     found = FaceStage("align", CHIP).faces_many([big, small])
     assert [len(f) for f in found] == [1, 1] and found[1][0].box == (10, 10, 59, 59)
     assert SquareDetector.calls == [(2, 80.0), (1, 40.0)]  # the second search for the small face's photo only
+
+
+def test_extraction_searches_large_faces_first(fake_models):
+    """Extraction keeps the largest face: a face crop costs one coarse search (from half its shorter
+    side); a photo without a large face goes on to smaller ones, each search above the one before
+    skipped; predict's stage (coarse=None) searches every face from min_face."""
+    crop = np.asarray(Image.open(photo(Path("/tmp/featx-crop.png"), [(45, 45, 150), (5, 5, 30)], size=(240, 240))))
+    frame = np.asarray(Image.open(photo(Path("/tmp/featx-frame.png"), [(20, 20, 60)], size=(240, 240))))
+    SquareDetector.ranges.clear()
+    found = FaceStage("align", CHIP).faces_many([crop])
+    assert SquareDetector.ranges == [(120.0, None)] and [f.box for f in found[0]] == [(45, 45, 194, 194)]
+    SquareDetector.ranges.clear()
+    found = FaceStage("align", CHIP).faces_many([frame])
+    assert SquareDetector.ranges == [(120.0, None), (80.0, 144.0), (40.0, 96.0)]
+    assert found[0][0].box == (20, 20, 79, 79)
+    SquareDetector.ranges.clear()
+    assert len(FaceStage("align", CHIP, coarse=None).faces(crop)) == 1  # the 30 px face is under min_face
+    assert SquareDetector.ranges == [(80.0, None)]
+    assert FaceStage("align", CHIP).starts(100) == [80.0, 40.0] and FaceStage("align", CHIP).starts(30) == [80.0]
+    assert FaceStage("align", CHIP).identity()["coarse"] == 0.5
 
 
 def test_modes_and_chips(fake_models):

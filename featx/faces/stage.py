@@ -22,8 +22,9 @@ from ..releases import Chip
 from .chip import box_chip_details, cut, extract_chip
 
 MODES = ("none", "detect", "align")
-MIN_FACE = 80  # photo pixels: the detector's own window, so no upsampling: the first search
+MIN_FACE = 80  # photo pixels: the detector's own window, so no upsampling
 SMALL_FACE = 40  # photos where none is found are searched again from here (dlib's upsample-1 geometry)
+COARSE = 0.5  # extraction (largest face kept): faces from this share of the photo's shorter side first
 DETECT_MARGIN = 0.5  # a dlib5 release under `detect`: its box grown to about the aligned chip's extent
 NO_FACE = "no face"
 TOO_SMALL = "too small for the face detector"
@@ -51,11 +52,12 @@ class FaceStage:
     """Detector and landmark models (loaded on first use) and the chip a release wants."""
 
     def __init__(self, mode: str, chip: Chip | None, min_face: float = MIN_FACE, device: str = "cpu",
-                 small_face: float = SMALL_FACE):
+                 small_face: float = SMALL_FACE, coarse: float | None = COARSE):
         self.mode = check_mode(mode)
         if mode != "none" and chip is None:
             raise FeatxError(f"--faces {mode}: this release states no face chip; use --faces none")
         self.chip, self.min_face, self.small_face, self.device = chip, float(min_face), float(small_face), device
+        self.coarse = coarse  # None: every face from min_face (predict, --check-faces)
         self._detector = self._landmarks = None
 
     def __getstate__(self) -> dict:  # decode workers load their own models
@@ -89,7 +91,7 @@ class FaceStage:
         from .models import DETECTOR, LANDMARKS5
 
         d = {"mode": self.mode, "chip": self.chip.to_dict(), "min_face": self.min_face, "small_face": self.small_face,
-             "detector_sha256": DETECTOR.sha256}
+             "coarse": self.coarse, "detector_sha256": DETECTOR.sha256}
         if self.mode == "align":
             d["landmarks_sha256"] = LANDMARKS5.sha256
         return d
@@ -107,14 +109,33 @@ class FaceStage:
         return out
 
     def detect(self, images: list[np.ndarray]) -> list[list]:
-        """Faces from min_face (no upsampling: cheap, and enough where faces are large); photos with none
-        are searched again from small_face."""
-        dets = self.detector(images, min_face=self.min_face)
-        again = [i for i, d in enumerate(dets) if not d and min(images[i].shape[:2]) >= self.small_face]
-        if again and self.small_face < self.min_face:
-            for i, d in zip(again, self.detector([images[i] for i in again], min_face=self.small_face)):
-                dets[i] = d
+        """Faces, searched from large to small, stopping at the first search that finds one (`starts`).
+        Each search skips the pyramid levels of the one before, so a photo where nothing is found costs
+        about one full search and a face crop one cheap one. Faces counted are those of the search that
+        found the largest."""
+        starts = [self.starts(min(a.shape[:2])) for a in images]
+        dets: list[list] = [[] for _ in images]
+        for k in range(max(map(len, starts), default=0)):
+            todo: dict[tuple[float, float], list[int]] = {}
+            for i, s in enumerate(starts):
+                if not dets[i] and k < len(s):
+                    todo.setdefault((s[k], s[k - 1] * 1.2 if k else math.inf), []).append(i)
+            for (start, upto), idx in todo.items():
+                found = self.detector([images[i] for i in idx], min_face=start,
+                                      max_face=None if math.isinf(upto) else upto)
+                for i, d in zip(idx, found):
+                    dets[i] = d
         return dets
+
+    def starts(self, side: int) -> list[float]:
+        """The searches a photo of this shorter side gets, largest faces first: from `coarse` x its side
+        (when that is above min_face), from min_face (the detector's window: no upsampling), and from
+        small_face (one upsampling; photos at least that large)."""
+        out = [self.coarse * side] if self.coarse and self.coarse * side > self.min_face else []
+        out.append(self.min_face)
+        if self.small_face < self.min_face and side >= self.small_face:
+            out.append(self.small_face)
+        return out
 
     def faces(self, image: np.ndarray) -> list[Found]:
         return self.faces_many([image])[0]
@@ -171,7 +192,8 @@ def survey(paths, batch: int = 16, progress: bool = False) -> dict[str, list[str
     from ..images import ImageError, open_rgb
     from ..progress import progress_bar
 
-    stage, out = FaceStage("detect", Chip("box", 2)), {"none": [], "one": [], "several": [], "unreadable": []}
+    stage = FaceStage("detect", Chip("box", 2), coarse=None)  # every face counts here
+    out: dict[str, list[str]] = {"none": [], "one": [], "several": [], "unreadable": []}
     with progress_bar(progress, len(paths), 0, "faces", transient=True) as advance:
         for a in range(0, len(paths), batch):
             chunk, imgs = [], []
